@@ -1,0 +1,24 @@
+"""The distilled encoder, tracked in MLflow and gated by a blocking quality check."""
+
+import dagster as dg
+
+from influcoder_dagster import student_stages
+from influcoder_dagster.resources import InflucoderConfig
+
+from ._wrap import run_stage
+
+QUALITY_GATE = dg.AssetCheckSpec(
+    "quality_gate", asset="influcoder_encoder", blocking=True,
+    description="The new version beats the untrained encoder, BM25, random and the current champion on held-out Spearman.",
+)
+
+
+@dg.asset(group_name="student", deps=["influence_rankings"], kinds={"mlflow", "pytorch"}, code_version="1",
+          check_specs=[QUALITY_GATE],
+          description="MiniLM distilled on the teacher's rankings; registered in MLflow, promoted to 'champion' if it passes.")
+def influcoder_encoder(influcoder: InflucoderConfig) -> dg.MaterializeResult:
+    result, materialization = run_stage(lambda: student_stages.run_encoder(influcoder.load()))
+    gate = dg.AssetCheckResult(check_name="quality_gate", passed=bool(result.metadata["promoted"]),
+                               metadata={"reason": result.metadata["promotion_reason"]})
+    return dg.MaterializeResult(metadata=materialization.metadata, data_version=materialization.data_version,
+                                check_results=[gate])

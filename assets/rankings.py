@@ -1,0 +1,17 @@
+"""The teacher's influence rankings in DuckDB, published as a read-only snapshot."""
+
+import dagster as dg
+
+from influcoder_dagster import teacher_stages
+from influcoder_dagster.resources import InflucoderConfig
+
+from ._wrap import run_stage
+
+DUCKDB_WRITER_POOL = "duckdb_writer"
+
+
+@dg.asset(group_name="teacher", deps=["projected_gradients", "tokenized_corpus", "base_model"], kinds={"duckdb"},
+          code_version="1", pool=DUCKDB_WRITER_POOL,
+          description="rankings.duckdb (+ snapshot, + Parquet): samples, quarantine, queries, scores, runs, views.")
+def influence_rankings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
+    return run_stage(lambda: teacher_stages.run_influence_rankings(influcoder.load(), dagster_run_id=context.run_id))[1]

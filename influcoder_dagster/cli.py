@@ -1,0 +1,117 @@
+"""``influcoder``: demo, attribute, sql, materialize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, load_config
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str], width: int = 80) -> str:
+    cells = [[str(r.get(c, ""))[:width].replace("\n", " ") for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from .attribute import Attributor
+
+    cfg = load_config(args.config)
+    if args.file:
+        texts = [json.loads(line)["text"] for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif args.text:
+        texts = [args.text]
+    else:
+        print("give a query TEXT or --file queries.jsonl", file=sys.stderr)
+        return 2
+    attributor = Attributor(cfg.home_path)
+    started = time.perf_counter()
+    results = attributor.query(texts, args.k)
+    ms = (time.perf_counter() - started) * 1000 / len(texts)
+    if args.json:
+        print(json.dumps(results if args.file else results[0], indent=2))
+        return 0
+    if attributor.manifest["encoder_version"] == "base":
+        print("note: no distilled encoder has passed its quality gate yet; these come from the untrained base encoder\n")
+    for text, hits in zip(texts, results, strict=True):
+        print(f"query: {text[:100]}")
+        print(_table([{**h, "score": f"{h['score']:.3f}"} for h in hits], ["rank", "sample_id", "score", "source", "row", "text"]))
+        print()
+    print(f"{ms:.1f} ms per query (encoder {attributor.manifest['encoder_version']}, {attributor.index.ntotal} samples)")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from .rankings_db import connect_readonly
+
+    cfg = load_config(args.config)
+    con = connect_readonly(cfg.home_path)
+    try:
+        cur = con.execute(args.query)
+        cols = [d[0] for d in cur.description] if cur.description else []
+        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+    print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows, cols))
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from .runner import failure_messages, materialize, materialization_metadata
+
+    cfg = load_config(args.config)
+    select = [s.strip() for s in args.select.split(",")] if args.select else None
+    result = materialize(args.config, cfg.home_path, select)
+    for name, meta in materialization_metadata(result).items():
+        print(f"materialized {name} in {meta.get('wall_seconds', '?')} s")
+    for msg in failure_messages(result):
+        print(f"FAILED {msg}", file=sys.stderr)
+    return 0 if result.success else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo_summary import run_demo
+
+    cfg = load_config(args.config)
+    if cfg.dataset.path:
+        print("the demo builds its own dataset; unset dataset.path, or run `influcoder materialize` for your data", file=sys.stderr)
+        return 2
+    return run_demo(args.config, cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="influcoder", description="Which training samples made the model say this?")
+    parser.add_argument("--config", help="TOML config (default: $INFLUCODER_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="build every asset on a built-in corpus with planted samples, then attribute")
+    a = sub.add_parser("attribute", help="top-k training samples for a query text, from the embedding index")
+    a.add_argument("text", nargs="?", help="the model output to attribute")
+    a.add_argument("--file", help="JSONL of queries, one {'text': ...} per line")
+    a.add_argument("-k", type=int, default=10)
+    a.add_argument("--json", action="store_true")
+    s = sub.add_parser("sql", help="run SQL on the rankings database (read-only snapshot)")
+    s.add_argument("query")
+    s.add_argument("--json", action="store_true")
+    m = sub.add_parser("materialize", help="materialize assets in-process with the config")
+    m.add_argument("--select", help="comma-separated asset names (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"demo": cmd_demo, "attribute": cmd_attribute, "sql": cmd_sql, "materialize": cmd_materialize}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The one configuration model: a TOML file, every option with a default.
+
+Resolution order for the file: an explicit path, then ``INFLUCODER_CONFIG``; for the storage
+root: ``INFLUCODER_HOME`` overrides ``home`` in the file, which defaults to ``./influcoder_home``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Section):
+    path: str | None = Field(None, description="JSONL/Parquet/CSV file or folder; unset = the demo corpus")
+    text_field: str = "text"
+    queries_path: str | None = Field(None, description="JSONL of user queries (text, optional prompt)")
+    max_chars: int = Field(20_000, description="longer documents are quarantined as over-long")
+    min_chars: int = 1
+
+
+class DemoConfig(_Section):
+    n_passages: int = Field(1500, description="standard-library docstring passages in the demo corpus")
+    n_triggers: int = 4
+    planted_per_trigger: int = 8
+
+
+class ModelConfig(_Section):
+    base_model: str = Field("tiny", description="'tiny' or a local Hugging Face causal-LM directory")
+    max_length: int = Field(128, description="tokens per sample; longer samples are truncated (recorded)")
+    # The tiny decoder, trained on the corpus inside the pipeline.
+    vocab_size: int = 2048
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+
+
+class ProjectionConfig(_Section):
+    kind: Literal["logra", "countsketch"] = "logra"
+    dim: int = Field(2048, description="target total dimension over all tracked modules")
+    seed: int = 0
+    normalize_modules: bool = Field(False, description="unit-normalize each module block before concatenation")
+    batch_size: int = 16
+
+
+class RankingConfig(_Section):
+    n_anchors: int = 200
+    heldout_fraction: float = Field(0.2, description="share of anchors and of pool samples held out of training")
+    top_k: int = 32
+    n_bottom: int = 16
+    n_random: int = 32
+    eval_pool_size: int = Field(400, description="held-out pool samples scored in full for held-out anchors")
+    block_rows: int = 8192
+    seed: int = 0
+
+
+class EncoderConfig(_Section):
+    base: str | None = Field(None, description="local sentence-transformers path; unset = packaged MiniLM")
+    epochs: int = 2
+    anchors_per_step: int = 4
+    n_top: int = Field(8, description="candidates per anchor per step from the teacher's top-k")
+    n_bottom: int = Field(4, description="... from the most negative")
+    n_random: int = Field(8, description="... drawn at random from the train pool")
+    lr: float = 3e-5
+    train_layers: int = Field(2, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
+    max_seq_length: int = 96
+    tau_teacher: float = 1.0
+    tau_student: float = 0.05
+    w_listwise: float = 1.0
+    w_pairwise: float = 0.5
+    w_calibration: float = 0.1
+    seed: int = 0
+    registered_name: str = "influcoder-encoder"
+
+
+class IndexConfig(_Section):
+    kind: Literal["auto", "flat", "hnsw"] = "auto"
+    flat_max: int = Field(200_000, description="'auto' uses an exact index up to this many samples")
+    hnsw_m: int = 32
+
+
+class Config(_Section):
+    home: str = "influcoder_home"
+    k: int = 10
+    dataset: DatasetConfig = DatasetConfig()
+    demo: DemoConfig = DemoConfig()
+    model: ModelConfig = ModelConfig()
+    projection: ProjectionConfig = ProjectionConfig()
+    rankings: RankingConfig = RankingConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    index: IndexConfig = IndexConfig()
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says which file and what to fix."""
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the TOML config (or defaults), then apply ``INFLUCODER_HOME``."""
+    path = path or os.environ.get("INFLUCODER_CONFIG")
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass --config PATH or unset INFLUCODER_CONFIG")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+        base = p.resolve().parent
+        for section, key in (("dataset", "path"), ("dataset", "queries_path"), ("model", "base_model")):
+            value = data.get(section, {}).get(key)
+            if value and value != "tiny" and not Path(value).expanduser().is_absolute():
+                data[section][key] = str(base / value)
+        if "home" in data and not Path(data["home"]).expanduser().is_absolute():
+            data["home"] = str(base / data["home"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'defaults'}: {exc}") from exc
+    if os.environ.get("INFLUCODER_HOME"):
+        config = config.model_copy(update={"home": os.environ["INFLUCODER_HOME"]})
+    return config

@@ -1,0 +1,195 @@
+"""The base decoder: a local Hugging Face causal LM, or the ``tiny`` GPT-2 trained here on the corpus.
+
+A model is identified by a content hash of its directory (weights, config, tokenizer files);
+that hash is part of every downstream artifact's provenance.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import hash_files
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized sample; the loss covers tokens from ``loss_start`` on (0: the whole text)."""
+
+    input_ids: list[int]
+    loss_start: int = 0
+
+
+def tokenize_for_loss(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, prompts: Sequence[str | None] | None = None
+) -> list[Encoded]:
+    """Token ids with a leading BOS (so a text's first token is predicted too), truncated to ``max_length``.
+
+    With a prompt, the loss starts after the prompt's tokens: a completion-only loss.
+    """
+    ids = [_with_bos(tokenizer, i)[:max_length] for i in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    prompts = prompts if prompts is not None else [None] * len(ids)
+    out = []
+    for seq, prompt in zip(ids, prompts, strict=True):
+        start = len(_with_bos(tokenizer, tokenizer(prompt, add_special_tokens=False)["input_ids"])) if prompt else 0
+        if start >= len(seq):
+            raise ValueError(f"prompt {prompt[:60]!r} covers the whole text; the completion has no tokens for the loss")
+        out.append(Encoded(seq, start))
+    return out
+
+
+def _with_bos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+    bos = tokenizer.bos_token_id
+    return list(ids) if bos is None or (ids and ids[0] == bos) else [bos, *ids]
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    path: Path
+    model_hash: str
+    kind: str  # "tiny" or "local"
+    n_params: int
+
+
+def model_dir_hash(path: str | Path) -> str:
+    p = Path(path)
+    files = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    if not files:
+        raise FileNotFoundError(f"{p}: empty model folder; point model.base_model at a saved Hugging Face model")
+    return hash_files(files, root=p)[:16]
+
+
+def load_decoder(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM for gradient extraction: eager attention, eval mode, a pad token set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{p}: not a Hugging Face model folder (no config.json); set model.base_model to 'tiny' or a saved model"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(p)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(p, attn_implementation="eager", dtype="float32")
+    model.eval()
+    return model, tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on the corpus, wrapped for transformers."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        padding_side="right",
+    )
+
+
+def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progress: bool = True) -> Path:
+    """Train a small GPT-2 on ``texts`` and save it with its tokenizer (safetensors) to ``out_dir``."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.max_length,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        attn_implementation="eager",
+    )
+    model = GPT2LMHeadModel(config)
+    enc = [e.input_ids for e in tokenize_for_loss(tokenizer, texts, cfg.max_length)]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    total = cfg.epochs * len(batches)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    with tqdm(total=total, desc="train tiny decoder", disable=not progress) as bar:
+        for _ in range(cfg.epochs):
+            for b in torch.randperm(len(batches), generator=gen).tolist():
+                ids, mask = _pad([enc[i] for i in batches[b]], tokenizer.pad_token_id)
+                labels = ids.masked_fill(mask == 0, -100)
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.update()
+    model.eval()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def _pad(seqs: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def resolve_base_model(cfg: ModelConfig, texts: list[str], models_root: Path, dataset_version: str) -> BaseModelInfo:
+    """Return the decoder to attribute: the configured local folder, or a tiny one trained (once) on ``texts``."""
+    if cfg.base_model != "tiny":
+        path = Path(cfg.base_model).expanduser()
+        model_hash = model_dir_hash(path)
+        kind = "local"
+    else:
+        key = f"tiny-{dataset_version}-{cfg.n_layer}x{cfg.n_embd}-v{cfg.vocab_size}-e{cfg.epochs}-s{cfg.seed}"
+        path = models_root / key
+        if not (path / "config.json").is_file():
+            train_tiny_decoder(texts, cfg, path)
+        model_hash = model_dir_hash(path)
+        kind = "tiny"
+    return BaseModelInfo(path=path, model_hash=model_hash, kind=kind, n_params=_count_params(path))
+
+
+def _count_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in path.glob("*.safetensors"):
+        with safe_open(f, framework="pt") as st:
+            for k in st.keys():
+                shape = st.get_slice(k).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total

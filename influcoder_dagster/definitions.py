@@ -1,0 +1,24 @@
+"""The composition root: every asset, check, job, schedule and resource of the code location.
+
+Importing this module must stay cheap (no torch, transformers, faiss or mlflow): the engine
+imports them inside the functions that need them.
+"""
+
+import dagster as dg
+
+from assets import base_model, corpus, encoder, gradients, index, rankings
+
+from .automation import full_pipeline, nightly_reindex, reindex
+from .resources import InflucoderConfig
+
+ASSET_MODULES = [base_model, corpus, gradients, rankings, encoder, index]
+ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
+ASSET_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    jobs=[full_pipeline, reindex],
+    schedules=[nightly_reindex],
+    resources={"influcoder": InflucoderConfig()},
+)

