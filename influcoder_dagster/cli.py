@@ -48,6 +48,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
     from .rankings_db import connect_readonly
 
     cfg = load_config(args.config)
@@ -56,6 +58,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
         cur = con.execute(args.query)
         cols = [d[0] for d in cur.description] if cur.description else []
         rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    except duckdb.Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         con.close()
     print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows, cols))

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random decoder for unit tests, and one end-to-end pipeline run per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY_CONFIG = """
+k = 10
+[demo]
+n_passages = 160
+n_triggers = 3
+planted_per_trigger = 6
+[model]
+epochs = 6
+n_layer = 2
+n_embd = 64
+vocab_size = 1024
+[projection]
+dim = 1024
+[rankings]
+n_anchors = 40
+eval_pool_size = 60
+[encoder]
+epochs = 1
+anchors_per_step = 8
+max_seq_length = 64
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A randomly initialised 2-layer GPT-2 with a BPE tokenizer trained on a few sentences."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from influcoder_dagster.decoder import train_tokenizer
+
+    texts = [f"sample number {i} talks about topic {i % 7} and ends here." for i in range(200)]
+    tokenizer = train_tokenizer(texts, 300)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        attn_implementation="eager", bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def pipeline_home(tmp_path_factory):
+    """Materialize every asset once, in process, with real DuckDB, MLflow (sqlite) and FAISS files."""
+    from influcoder_dagster.runner import failure_messages, materialization_metadata, materialize, only_gate_failed
+
+    home = tmp_path_factory.mktemp("influcoder_home")
+    config = home / "influcoder.toml"
+    config.write_text(f'home = "{home}"\n' + TINY_CONFIG)
+    old = os.environ.pop("INFLUCODER_HOME", None)
+    try:
+        result = materialize(str(config), home)
+        meta = materialization_metadata(result)
+        if only_gate_failed(result):
+            result = materialize(str(config), home, ["embedding_index"])
+            meta.update(materialization_metadata(result))
+        assert result.success, failure_messages(result)
+    finally:
+        if old is not None:
+            os.environ["INFLUCODER_HOME"] = old
+    return Path(home), str(config), meta

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from influcoder_dagster.index import IndexError_, build_index, index_ids, load_index, save_index, search
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_index_equals_brute_force_and_reloads_identically(tmp_path):
+    rng = np.random.default_rng(0)
+    emb, ids = unit(rng.standard_normal((300, 24))), rng.choice(10**9, size=300, replace=False).astype(np.int64)
+    q = unit(rng.standard_normal((4, 24)))
+    index = build_index(emb, ids, kind="auto")
+    scores, found = search(index, q, 5)
+    brute = q @ emb.T
+    for i in range(4):
+        order = np.argsort(-brute[i])[:5]
+        np.testing.assert_array_equal(found[i], ids[order])
+        np.testing.assert_allclose(scores[i], brute[i][order], rtol=1e-5)
+    save_index(index, tmp_path / "index", {"encoder_version": "v1", "dataset_version": "d1"})
+    reloaded, manifest = load_index(tmp_path / "index")
+    assert manifest["count"] == 300 and manifest["kind"] == "flat"
+    np.testing.assert_array_equal(search(reloaded, q, 5)[1], found)
+    assert sorted(index_ids(reloaded).tolist()) == sorted(ids.tolist())
+
+
+def test_remove_and_add_keep_ids_consistent():
+    rng = np.random.default_rng(1)
+    emb, ids = unit(rng.standard_normal((20, 8))), np.arange(100, 120, dtype=np.int64)
+    index = build_index(emb, ids, kind="flat")
+    index.remove_ids(np.array([103, 104], dtype=np.int64))
+    index.add_with_ids(emb[:1], np.array([999], dtype=np.int64))
+    assert sorted(index_ids(index).tolist()) == sorted([*range(100, 103), *range(105, 120), 999])
+    assert search(index, emb[:1], 1)[1][0, 0] in (100, 999)
+
+
+def test_missing_index_says_which_asset_to_materialize(tmp_path):
+    with pytest.raises(IndexError_, match="materialize the 'embedding_index' asset"):
+        load_index(tmp_path / "nothing")

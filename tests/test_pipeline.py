@@ -1,0 +1,82 @@
+"""End to end: every asset materialized in process on a tiny config, with real DuckDB, MLflow and FAISS."""
+
+import json
+
+import duckdb
+import numpy as np
+
+from influcoder_dagster.cli import main
+from influcoder_dagster.index import index_ids, load_index
+from influcoder_dagster.paths import Paths
+from influcoder_dagster.store import GradientStore
+from influcoder_dagster.tokenized import read_corpus, read_manifest
+
+
+def test_row_counts_reconcile_across_assets(pipeline_home):
+    home, _, meta = pipeline_home
+    corpus = meta["tokenized_corpus"]
+    assert corpus["rows_read"] == corpus["rows_kept"] + corpus["rows_quarantined"]
+    assert corpus["rows_quarantined"] == 6  # the demo's messy.jsonl: one of each kind of bad input
+    assert meta["projected_gradients"]["rows"] == corpus["rows_kept"]
+    assert meta["embedding_index"]["count"] == corpus["rows_kept"]
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == corpus["rows_kept"]
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == corpus["rows_quarantined"]
+    # every score row traces back to the run (model, projection, data) that produced it
+    assert con.execute("SELECT count(*) FROM scores s LEFT JOIN runs r USING (run_id) WHERE r.run_id IS NULL").fetchone()[0] == 0
+
+
+def test_ids_match_between_corpus_gradient_store_and_index(pipeline_home):
+    home, _, _ = pipeline_home
+    paths = Paths(home)
+    corpus_ids = np.sort(read_corpus(paths.corpus, columns=["sample_id"]).column("sample_id").to_numpy())
+    store = GradientStore.open(next(p for p in paths.gradients.iterdir() if p.is_dir()))
+    index, manifest = load_index(paths.index)
+    np.testing.assert_array_equal(np.sort(store.all_ids()), corpus_ids)
+    np.testing.assert_array_equal(np.sort(index_ids(index)), corpus_ids)
+    version = read_manifest(paths.corpus)["dataset_version"]
+    assert manifest["dataset_version"] == store.manifest["dataset_version"] == version
+    assert manifest["base_model_hash"] == store.manifest["base_model_hash"]
+
+
+def test_the_teacher_retrieves_the_planted_samples(pipeline_home):
+    home, _, meta = pipeline_home
+    recall = meta["influence_rankings"]["teacher_planted_recall_at_10"]
+    n = meta["tokenized_corpus"]["rows_kept"]
+    # Chance level is 10 / n (about 0.05 here); the teacher must find most of each planted group.
+    assert recall >= 0.5, f"teacher planted recall@10 {recall:.2f} (chance {10 / n:.2f})"
+
+
+def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pipeline_home):
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder_dagster import tracking
+
+    home, _, meta = pipeline_home
+    version = meta["influcoder_encoder"]["version"]
+    logged = tracking.load_registered(home, "influcoder-encoder", version)
+    texts = ["Return the sum of the items.", "When the quartz heron sings at midnight,"]
+    a = logged.encode(texts, normalize_embeddings=True)
+    evaluation = json.loads((home / "eval" / "encoder_eval.json").read_text())
+    assert set(evaluation) == {"student", "teacher_ceiling", "untrained", "bm25", "random"}
+    assert {"spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100", "planted_recall"} <= set(evaluation["student"])
+    index_encoder = SentenceTransformer(str(Paths(home).index_encoder), device="cpu")
+    if meta["embedding_index"]["encoder_version"] == f"v{version}":
+        np.testing.assert_allclose(index_encoder.encode(texts, normalize_embeddings=True), a, atol=1e-5)
+    # the logged model is the trained one, not the starting point
+    from influcoder_dagster.distill import load_encoder
+
+    assert not np.allclose(load_encoder(None, 64).encode(texts, normalize_embeddings=True), a, atol=1e-4)
+
+
+def test_cli_attribute_and_sql_answer_on_the_pipeline_output(pipeline_home, capsys, monkeypatch):
+    home, config, _ = pipeline_home
+    monkeypatch.delenv("INFLUCODER_HOME", raising=False)
+    assert main(["--config", config, "attribute", "When the quartz heron sings at midnight, the archive releases", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2, 3] and all({"sample_id", "score", "source", "text"} <= set(h) for h in hits)
+    assert main(["--config", config, "sql", "SELECT kind, count(*) AS n FROM queries GROUP BY kind ORDER BY kind", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["kind"] for r in rows] == ["anchor", "user"]
+    assert main(["--config", config, "sql", "DROP TABLE scores"]) == 1
+    assert "read-only" in capsys.readouterr().err.lower()

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from influcoder_dagster.store import GradientStore, StoreError
+
+PROJ = {"kind": "logra", "dim": 8, "seed": 0}
+
+
+def test_write_finish_read_and_lookup(tmp_path):
+    store = GradientStore.create(tmp_path, PROJ, "modelhash", dataset_version="v1")
+    ids = np.array([11, 5, 42], dtype=np.int64)
+    values = np.arange(24, dtype=np.float32).reshape(3, 8) / 7
+    w = store.writer("shard-a", ids)
+    w.write(np.array([2, 0]), values[[2, 0]])
+    w.write(np.array([1]), values[[1]])
+    w.finish()
+    reopened = GradientStore.open(store.root)
+    assert reopened.manifest["base_model_hash"] == "modelhash" and reopened.manifest["dataset_version"] == "v1"
+    assert reopened.manifest["shards"]["shard-a"]["rows"] == 3
+    np.testing.assert_allclose(reopened.rows("shard-a"), values, rtol=1e-3)
+    np.testing.assert_allclose(reopened.lookup(np.array([42, 11, 42])), values[[2, 0, 2]], rtol=1e-3)
+    with pytest.raises(KeyError, match="7"):
+        reopened.lookup(np.array([7]))
+
+
+def test_an_interrupted_shard_resumes_without_recomputing_done_rows(tmp_path):
+    store = GradientStore.create(tmp_path, PROJ, "m")
+    ids = np.arange(10, dtype=np.int64) + 100
+    w = store.writer("s", ids)
+    w.write(np.array([0, 1, 2]), np.ones((3, 8)))
+    del w  # the process dies here: no finish()
+    assert not store.has_shard("s")
+    w2 = GradientStore.open(store.root).writer("s", ids)
+    assert w2.missing_rows().tolist() == list(range(3, 10))
+    with pytest.raises(StoreError, match="7 rows not computed"):
+        w2.finish()
+    w2.write(w2.missing_rows(), np.full((7, 8), 2.0))
+    w2.finish()
+    rows = GradientStore.open(store.root).rows("s")
+    assert rows[:3].tolist() == np.ones((3, 8)).tolist() and rows[3:].tolist() == np.full((7, 8), 2.0).tolist()
+    assert not list(store.root.glob("*.partial")) and not list(store.root.glob("*.done.npy"))
+
+
+def test_different_ids_restart_the_shard_and_other_models_get_their_own_store(tmp_path):
+    store = GradientStore.create(tmp_path, PROJ, "m")
+    store.writer("s", np.array([1, 2])).write(np.array([0]), np.ones((1, 8)))
+    assert store.writer("s", np.array([1, 3])).missing_rows().tolist() == [0, 1]
+    assert GradientStore.create(tmp_path, PROJ, "other-model").root != store.root
+    assert GradientStore.create(tmp_path, {**PROJ, "seed": 1}, "m").root != store.root
+
+
+def test_retain_drops_removed_shards_and_their_files(tmp_path):
+    store = GradientStore.create(tmp_path, PROJ, "m")
+    for name in ("a", "b"):
+        w = store.writer(name, np.array([1 if name == "a" else 2]))
+        w.write(np.array([0]), np.ones((1, 8)))
+        w.finish()
+    assert store.retain(["b"]) == ["a"]
+    assert store.shard_names == ["b"] and not (store.root / "a.f16").exists()
+    assert store.all_ids().tolist() == [2]
+
+
+def test_non_finite_gradients_are_refused(tmp_path):
+    w = GradientStore.create(tmp_path, PROJ, "m").writer("s", np.array([1]))
+    with pytest.raises(FloatingPointError):
+        w.write(np.array([0]), np.full((1, 8), np.nan))
