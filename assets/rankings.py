@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from influcoder_dagster import teacher_stages
+from influcoder_dagster import rankings_stage
 from influcoder_dagster.resources import InflucoderConfig
 
 from ._wrap import run_stage
@@ -14,4 +14,4 @@ DUCKDB_WRITER_POOL = "duckdb_writer"
           code_version="1", pool=DUCKDB_WRITER_POOL,
           description="rankings.duckdb (+ snapshot, + Parquet): samples, quarantine, queries, scores, runs, views.")
 def influence_rankings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: teacher_stages.run_influence_rankings(influcoder.load(), dagster_run_id=context.run_id))[1]
+    return run_stage(lambda: rankings_stage.run_influence_rankings(influcoder.load(), dagster_run_id=context.run_id))[1]

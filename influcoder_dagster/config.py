@@ -55,13 +55,15 @@ class ProjectionConfig(_Section):
 
 
 class RankingConfig(_Section):
-    n_anchors: int = 200
+    anchor_fraction: float = Field(0.15, description="share of pool samples used as anchors (chosen by id hash)")
     heldout_fraction: float = Field(0.2, description="share of anchors and of pool samples held out of training")
     top_k: int = 32
     n_bottom: int = 16
     n_random: int = 32
     eval_pool_size: int = Field(400, description="held-out pool samples scored in full for held-out anchors")
     block_rows: int = 8192
+    precondition: bool = Field(False, description="score with the damped inverse projected Fisher (influence functions)")
+    damping: float = Field(0.1, description="lambda = damping * trace(F) / dim")
     seed: int = 0
 
 

@@ -102,7 +102,7 @@ def train_encoder(
     from .losses import DistillationLoss
 
     if not groups:
-        raise ValueError("no training anchors with candidates; materialize 'influence_rankings' with rankings.n_anchors > 0")
+        raise ValueError("no training anchors with candidates; materialize 'influence_rankings' with rankings.anchor_fraction > 0")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     loss_fn = DistillationLoss(cfg.w_listwise, cfg.w_pairwise, cfg.w_calibration, cfg.tau_teacher, cfg.tau_student)

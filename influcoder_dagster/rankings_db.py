@@ -1,6 +1,6 @@
 """The influence-rankings database (DuckDB): schema, writes, views, and the read-only snapshot.
 
-The writer builds ``rankings.duckdb``; once it is complete it is copied to
+The writer updates ``rankings.duckdb`` in one transaction; once committed it is copied to
 ``rankings.snapshot.duckdb`` through a temporary file and an atomic rename. Readers (the CLI,
 notebooks, the ``duckdb`` shell) open the snapshot read-only, so they never wait on the writer's
 lock and never see a half-written table.
@@ -9,6 +9,7 @@ lock and never see a half-written table.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ CREATE TABLE queries (
     split VARCHAR, meta VARCHAR);
 CREATE TABLE runs (
     run_id VARCHAR PRIMARY KEY, base_model_hash VARCHAR, projection VARCHAR, dim INTEGER, seed INTEGER,
-    dataset_version VARCHAR, store_key VARCHAR, created_at TIMESTAMP, dagster_run_id VARCHAR);
+    dataset_version VARCHAR, store_key VARCHAR, mode VARCHAR, preconditioned BOOLEAN, created_at TIMESTAMP,
+    dagster_run_id VARCHAR);
 CREATE TABLE scores (
     query_id VARCHAR, sample_id BIGINT, score FLOAT, "rank" INTEGER, kind VARCHAR, run_id VARCHAR);
+CREATE TABLE state (key VARCHAR PRIMARY KEY, value VARCHAR);
 """
 
 VIEWS = """
@@ -51,36 +54,102 @@ CREATE VIEW most_influential AS
     GROUP BY ALL;
 """
 
-TABLES = ("samples", "quarantine", "queries", "runs", "scores")
+TABLES = ("samples", "quarantine", "queries", "runs", "scores", "state")
 
 
-def write_database(home: Path, tables: dict[str, Any]) -> Path:
-    """Replace the database's content with ``tables`` (pyarrow tables by name), then publish the snapshot.
+@dataclass
+class Update:
+    """One change to the database, applied in a single transaction.
+
+    ``rebuild`` starts from an empty schema; otherwise rows are deleted as listed, then the new rows
+    inserted: samples of ``drop_shards``; queries in ``drop_queries`` with all their scores; the
+    ``top``/``bottom`` lists of ``relisted`` queries (replaced by the new rows); and the random/eval
+    rows that point at a dropped sample.
+    """
+
+    rebuild: bool
+    samples: Any
+    quarantine: Any
+    queries: Any
+    scores: Any
+    run: Any
+    state: dict[str, str]
+    drop_shards: list[str] = field(default_factory=list)
+    drop_queries: list[str] = field(default_factory=list)
+    relisted: list[str] = field(default_factory=list)
+
+
+def apply_update(home: Path, update: Update) -> Path:
+    """Apply ``update`` to the writer database, then publish the snapshot and the Parquet export.
 
     The caller holds the single-writer pool, so no other writer touches the file meanwhile.
     """
     import duckdb
+    import pyarrow as pa
 
-    missing = set(TABLES) - set(tables)
-    if missing:
-        raise ValueError(f"missing tables: {sorted(missing)}")
     db = home / DB_NAME
-    with atomic_path(db) as tmp:
-        tmp.unlink()  # duckdb creates the file itself
-        con = duckdb.connect(str(tmp))
-        try:
+    if update.rebuild:
+        db.unlink(missing_ok=True)
+        Path(f"{db}.wal").unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    try:
+        if update.rebuild:
             con.execute(SCHEMA)
-            for name in TABLES:
-                con.register("incoming", tables[name])
-                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
-                con.unregister("incoming")
             con.execute(VIEWS)
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
+        con.execute("BEGIN TRANSACTION")
+        lists = {"shards": update.drop_shards, "queries": update.drop_queries, "relisted": update.relisted}
+        for name, values in lists.items():
+            con.register(f"drop_{name}", pa.table({"v": pa.array(values, pa.string())}))
+        con.execute("""
+            DELETE FROM scores WHERE kind IN ('random', 'eval', 'eval_ceiling')
+                AND sample_id IN (SELECT sample_id FROM samples WHERE shard IN (SELECT v FROM drop_shards));
+            DELETE FROM scores WHERE query_id IN (SELECT v FROM drop_queries);
+            DELETE FROM scores WHERE kind IN ('top', 'bottom') AND query_id IN (SELECT v FROM drop_relisted);
+            DELETE FROM queries WHERE query_id IN (SELECT v FROM drop_queries);
+            DELETE FROM samples WHERE shard IN (SELECT v FROM drop_shards);
+            DELETE FROM quarantine;
+            DELETE FROM state;
+        """)
+        for name, table in (("samples", update.samples), ("quarantine", update.quarantine), ("queries", update.queries),
+                            ("runs", update.run), ("scores", update.scores)):
+            con.register("incoming", table)
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+        con.executemany("INSERT INTO state VALUES (?, ?)", list(update.state.items()))
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
     publish_snapshot(home)
     export_parquet(home)
     return db
+
+
+def read_state(home: Path) -> dict[str, str] | None:
+    """The key/value state the last update left (None without a database)."""
+    import duckdb
+
+    db = home / DB_NAME
+    if not db.exists():
+        return None
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return dict(con.execute("SELECT key, value FROM state").fetchall())
+    except duckdb.Error:  # a database from before the state table: rebuild it
+        return None
+    finally:
+        con.close()
+
+
+def writer_query(home: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    """Read from the writer database (the caller holds the writer pool)."""
+    import duckdb
+
+    con = duckdb.connect(str(home / DB_NAME), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
 
 
 def publish_snapshot(home: Path) -> Path:

@@ -65,6 +65,14 @@ def stream_topk(
     return _ranked(top_s, top_i), _ranked(bot_s, bot_i)
 
 
+def merge_ranked(a: Ranked, b: Ranked, k: int, largest: bool = True) -> Ranked:
+    """The top-k (or bottom-k) of two per-query lists over disjoint samples, e.g. old rows + new shards."""
+    import torch
+
+    s, i = _merge(torch.from_numpy(a.scores), torch.from_numpy(a.ids), torch.from_numpy(b.scores), torch.from_numpy(b.ids), k, largest)
+    return Ranked(s.numpy(), i.numpy())
+
+
 def _merge(cur_s: torch.Tensor, cur_i: torch.Tensor, s: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
@@ -97,3 +105,29 @@ def pair_scores(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def full_scores(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Dense cosine matrix; for small evaluation sets only."""
     return (unit_rows(queries) @ unit_rows(rows).T).numpy()
+
+
+def fisher(blocks: Iterable[tuple[np.ndarray, np.ndarray]], dim: int) -> np.ndarray:
+    """The projected empirical Fisher ``G^T G / N``, accumulated block by block in float64."""
+    total = np.zeros((dim, dim), dtype=np.float64)
+    n = 0
+    for _, rows in blocks:
+        g = np.asarray(rows, dtype=np.float64)
+        total += g.T @ g
+        n += len(g)
+    if n == 0:
+        raise ValueError("cannot estimate the Fisher of an empty gradient store")
+    return total / n
+
+
+def precondition(queries: np.ndarray, fisher_matrix: np.ndarray, damping: float) -> np.ndarray:
+    """``(F + lambda I)^-1 q`` per query, with ``lambda = damping * trace(F) / d`` (scale-free damping).
+
+    Scoring the result by cosine against the store gives the influence-function score
+    ``q^T (F + lambda I)^-1 g`` normalised by ``|g|`` (and by a per-query constant that does not
+    change a query's ranking).
+    """
+    d = fisher_matrix.shape[0]
+    lam = damping * float(np.trace(fisher_matrix)) / d
+    solved = np.linalg.solve(fisher_matrix + lam * np.eye(d), np.asarray(queries, dtype=np.float64).T)
+    return solved.T.astype(np.float32)

@@ -166,9 +166,9 @@ class GradientStore:
     def n_rows(self) -> int:
         return sum(s["rows"] for s in self.manifest["shards"].values())
 
-    def iter_blocks(self, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, fp16 rows) blocks over all shards in manifest order; rows are memmap views."""
-        for name in self.shard_names:
+    def iter_blocks(self, block_rows: int, shards: list[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, fp16 rows) blocks over all (or the named) shards in name order; rows are memmap views."""
+        for name in self.shard_names if shards is None else sorted(shards):
             ids, rows = self.ids(name), self.rows(name)
             for i in range(0, len(ids), block_rows):
                 yield ids[i : i + block_rows], rows[i : i + block_rows]

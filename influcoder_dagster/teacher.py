@@ -1,13 +1,15 @@
 """The teacher's rankings: which pool samples each query or anchor is most and least aligned with.
 
 Anchors are pool samples whose stored gradients act as queries; they supervise the encoder. The
-pool is split into train and held-out samples by sample id, and anchors inherit the split of their
-sample, so the evaluation never sees a sample the encoder trained on. Per query the table holds:
+pool is split into train and held-out samples, and anchors are chosen, by a hash of the sample
+id alone, so both are stable when the corpus grows: an incremental update and a full rebuild
+agree on them. Per query the database holds:
 
-* ``top``: the teacher's top-k over the whole store (the anchor itself excluded),
-* ``bottom``: the most negative scores (anchors only),
-* ``random``: uniformly drawn pool samples with their exact scores (anchors only),
-* ``eval``: held-out anchors against a fixed held-out pool sample, scored in full.
+* ``top``: the teacher's top-k over the whole store (an anchor itself excluded),
+* ``bottom``: the most negative scores,
+* ``random``: anchors only, pool samples drawn at random, with their exact scores,
+* ``eval``/``eval_ceiling``: held-out anchors against a held-out pool sample, scored in full
+  under the store's projection and under a second seed (the teacher's noise ceiling).
 """
 
 from __future__ import annotations
@@ -16,34 +18,52 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .scoring import full_scores, pair_scores, stream_topk
-from .store import GradientStore
+from .scoring import Ranked
 
-SPLIT_BUCKETS = 10_000
+BUCKETS = 10_000
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _bucket(sample_ids: np.ndarray, salt: int) -> np.ndarray:
+    """A hash bucket in [0, BUCKETS) per id (splitmix64 finaliser); each ``salt`` is an independent draw."""
+    u = np.uint64
+    with np.errstate(over="ignore"):
+        z = np.asarray(sample_ids, dtype=np.int64).astype(u) + u(salt + 1) * _MIX
+        z = (z ^ (z >> u(30))) * u(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> u(27))) * u(0x94D049BB133111EB)
+        z = z ^ (z >> u(31))
+    return (z % u(BUCKETS)).astype(np.int64)
 
 
 def pool_split(sample_ids: np.ndarray, heldout_fraction: float) -> np.ndarray:
-    """'train' or 'heldout' per sample, stable under corpus growth (a function of the id alone)."""
-    held = (np.asarray(sample_ids, dtype=np.int64) % SPLIT_BUCKETS) < int(heldout_fraction * SPLIT_BUCKETS)
+    """'train' or 'heldout' per sample, a function of the id alone."""
+    held = _bucket(sample_ids, 0) < int(heldout_fraction * BUCKETS)
     return np.where(held, "heldout", "train")
 
 
-@dataclass
-class Anchors:
-    sample_ids: np.ndarray
-    splits: np.ndarray
-
-    @property
-    def query_ids(self) -> list[str]:
-        return [f"anchor-{int(s)}" for s in self.sample_ids]
+def anchor_ids(sample_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The anchors among ``sample_ids``: a ``fraction`` of them, chosen by hash."""
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    return np.sort(ids[_bucket(ids, 1 + seed) < int(fraction * BUCKETS)])
 
 
-def pick_anchors(sample_ids: np.ndarray, splits: np.ndarray, n: int, seed: int, exclude: set[int] | None = None) -> Anchors:
-    """``n`` anchors drawn from the pool in proportion to its split."""
-    rng = np.random.default_rng(seed)
-    eligible = np.array([i for i, s in enumerate(sample_ids) if not exclude or int(s) not in exclude])
-    chosen = np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
-    return Anchors(np.asarray(sample_ids)[chosen], np.asarray(splits)[chosen])
+def anchor_query_id(sample_id: int) -> str:
+    return f"anchor-{int(sample_id)}"
+
+
+def eval_pool(sample_ids: np.ndarray, splits: np.ndarray, anchors: set[int], size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` held-out, non-anchor samples (lowest hash first) that held-out anchors are scored against."""
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    keep = (splits == "heldout") & np.array([int(s) not in anchors for s in ids], dtype=bool)
+    cand = ids[keep]
+    return np.sort(cand[np.argsort(_bucket(cand, 2 + seed), kind="stable")[:size]])
+
+
+def random_candidates(anchor: int, pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` pool samples drawn for one anchor, reproducibly (seeded by the anchor's id)."""
+    pool = pool[pool != anchor]
+    rng = np.random.default_rng([seed, int(anchor) % (2**32)])
+    return rng.choice(pool, size=min(n, len(pool)), replace=False)
 
 
 @dataclass
@@ -54,59 +74,19 @@ class ScoreRows:
     rank: list[int] = field(default_factory=list)
     kind: list[str] = field(default_factory=list)
 
-    def add(self, query_id: str, ids: np.ndarray, scores: np.ndarray, kind: str) -> None:
-        order = np.argsort(-scores, kind="stable")
+    def add(self, query_id: str, ids: np.ndarray, scores: np.ndarray, kind: str, ascending: bool = False) -> None:
+        """Rows ranked 1.. by score, descending (``ascending`` for bottom lists: most negative first)."""
+        order = np.argsort(scores if ascending else -scores, kind="stable")
         self.query_id += [query_id] * len(ids)
-        self.sample_id += [int(x) for x in ids[order]]
-        self.score += [float(x) for x in scores[order]]
+        self.sample_id += [int(x) for x in np.asarray(ids)[order]]
+        self.score += [float(x) for x in np.asarray(scores)[order]]
         self.rank += list(range(1, len(ids) + 1))
         self.kind += [kind] * len(ids)
 
+    def add_ranked(self, query_ids: list[str], top: Ranked, bottom: Ranked) -> None:
+        for i, qid in enumerate(query_ids):
+            self.add(qid, top.ids[i], top.scores[i], "top")
+            self.add(qid, bottom.ids[i], bottom.scores[i], "bottom", ascending=True)
+
     def __len__(self) -> int:
         return len(self.query_id)
-
-
-def score_anchors(store: GradientStore, anchors: Anchors, pool_ids: np.ndarray, pool_splits: np.ndarray,
-                  top_k: int, n_bottom: int, n_random: int, eval_pool_size: int, block_rows: int, seed: int) -> ScoreRows:
-    rows = ScoreRows()
-    if len(anchors.sample_ids) == 0:
-        return rows
-    grads = store.lookup(anchors.sample_ids)
-    top, bottom = stream_topk(grads, store.iter_blocks(block_rows), top_k, n_bottom, exclude_ids=anchors.sample_ids)
-    rng = np.random.default_rng(seed + 1)
-    train_pool = pool_ids[pool_splits == "train"]
-    randoms = []
-    for i, sid in enumerate(anchors.sample_ids):
-        pool = train_pool if anchors.splits[i] == "train" else pool_ids
-        pool = pool[pool != sid]
-        randoms.append(rng.choice(pool, size=min(n_random, len(pool)), replace=False))
-    random_ids = np.stack(randoms) if randoms else np.zeros((0, 0), dtype=np.int64)
-    random_scores = pair_scores(grads, store.lookup(random_ids.ravel()).reshape(*random_ids.shape, store.dim))
-    for i, qid in enumerate(anchors.query_ids):
-        rows.add(qid, top.ids[i], top.scores[i], "top")
-        rows.add(qid, bottom.ids[i], bottom.scores[i], "bottom")
-        rows.add(qid, random_ids[i], random_scores[i], "random")
-    held = np.flatnonzero(anchors.splits == "heldout")
-    if len(held):
-        eval_ids = eval_pool(pool_ids, pool_splits, set(anchors.sample_ids.tolist()), eval_pool_size, seed)
-        s = full_scores(grads[held], store.lookup(eval_ids))
-        for j, i in enumerate(held):
-            rows.add(anchors.query_ids[i], eval_ids, s[j], "eval")
-    return rows
-
-
-def eval_pool(pool_ids: np.ndarray, pool_splits: np.ndarray, anchor_ids: set[int], size: int, seed: int) -> np.ndarray:
-    """The held-out pool sample that held-out anchors are scored against in full."""
-    held = np.array([s for s, sp in zip(pool_ids, pool_splits, strict=True) if sp == "heldout" and int(s) not in anchor_ids], dtype=np.int64)
-    rng = np.random.default_rng(seed + 2)
-    return np.sort(rng.choice(held, size=min(size, len(held)), replace=False)) if len(held) else held
-
-
-def score_user_queries(store: GradientStore, query_ids: list[str], grads: np.ndarray, top_k: int, block_rows: int) -> ScoreRows:
-    rows = ScoreRows()
-    if not query_ids:
-        return rows
-    top, _ = stream_topk(grads, store.iter_blocks(block_rows), top_k)
-    for i, qid in enumerate(query_ids):
-        rows.add(qid, top.ids[i], top.scores[i], "top")
-    return rows

@@ -1,4 +1,4 @@
-"""The teacher's stages, one function per asset: base model, tokenized corpus, gradients, rankings.
+"""The teacher's stages, one function per asset: base model, tokenized corpus, gradients (rankings: rankings_stage.py).
 
 Each reads the upstream files, runs the engine and writes this stage's files. These are what the Dagster assets call; they take the config and return metadata and a data
 version, and know nothing of Dagster, so each stage runs and tests on its own. Stages hand data
@@ -159,7 +159,7 @@ def open_store(paths: Paths) -> Any:
     return GradientStore.open(Path(read_json(paths.gradients_pointer)["root"]))
 
 
-# --- influence rankings -------------------------------------------------------------------------
+# --- queries and planted ground truth -----------------------------------------------------------
 
 
 def read_queries(path: Path | None, text_field: str = "text") -> list[dict[str, Any]]:
@@ -196,95 +196,3 @@ def planted_members(samples_meta: list[str], sample_ids: np.ndarray) -> dict[str
         if g is not None:
             groups.setdefault(str(g), set()).add(int(sid))
     return groups
-
-
-def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progress: bool = True) -> StageResult:
-    import pyarrow as pa
-
-    from .decoder import Encoded, load_decoder, tokenize_for_loss
-    from .gradients import GradientExtractor, compute_gradients
-    from .metrics import planted_recall
-    from .projection import ProjectionSpec
-    from .rankings_db import write_database
-    from .scoring import full_scores
-    from .teacher import eval_pool, pick_anchors, pool_split, score_anchors, score_user_queries
-    from .tokenized import read_corpus, read_manifest, read_quarantine
-
-    paths, r = Paths(cfg.home_path), cfg.rankings
-    base = base_model_record(paths)
-    corpus_manifest = read_manifest(paths.corpus)
-    corpus = read_corpus(paths.corpus)
-    store = open_store(paths)
-    ids = corpus.column("sample_id").to_numpy()
-    if not np.array_equal(np.sort(store.all_ids()), np.sort(ids)):
-        raise RuntimeError("the gradient store does not cover the current corpus; materialize 'projected_gradients'")
-    splits = pool_split(ids, r.heldout_fraction)
-    _, queries_path = dataset_files(cfg)
-    user = read_queries(queries_path)
-    anchors = pick_anchors(ids, splits, r.n_anchors, r.seed)
-    rows = score_anchors(store, anchors, ids, splits, r.top_k, r.n_bottom, r.n_random, r.eval_pool_size, r.block_rows, r.seed)
-
-    model, tokenizer = load_decoder(base["path"])
-    spec = ProjectionSpec.from_json(store.manifest["projection"])
-    user_grads = np.zeros((0, spec.dim), dtype=np.float32)
-    if user:
-        enc = tokenize_for_loss(tokenizer, [q["text"] for q in user], cfg.model.max_length, [q["prompt"] for q in user])
-        user_grads = compute_gradients(GradientExtractor(model, spec, tokenizer.pad_token_id), enc, cfg.projection.batch_size).numpy()
-    user_rows = score_user_queries(store, [q["query_id"] for q in user], user_grads, max(r.top_k, cfg.k), r.block_rows)
-
-    # The teacher's noise ceiling: held-out anchors vs the eval pool under a second projection seed.
-    row_of = {int(s): i for i, s in enumerate(ids)}
-    held = anchors.sample_ids[anchors.splits == "heldout"]
-    pool = eval_pool(ids, splits, set(anchors.sample_ids.tolist()), r.eval_pool_size, r.seed)
-    ceiling_rows = 0
-    if len(held) and len(pool):
-        spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
-        seqs = corpus.column("input_ids").to_pylist()
-        extractor2 = GradientExtractor(model, spec2, tokenizer.pad_token_id)
-        g = compute_gradients(extractor2, [Encoded(seqs[row_of[int(s)]]) for s in np.concatenate([held, pool])], cfg.projection.batch_size).numpy()
-        s2 = full_scores(g[: len(held)], g[len(held) :])
-        for j, sid in enumerate(held):
-            rows.add(f"anchor-{int(sid)}", pool, s2[j], "eval_ceiling")
-        ceiling_rows = len(held) * len(pool)
-    for name in ("query_id", "sample_id", "score", "rank", "kind"):
-        getattr(rows, name).extend(getattr(user_rows, name))
-
-    run_id = _short_hash(base["model_hash"], store.manifest["projection"], corpus_manifest["dataset_version"], r.model_dump(), [q["text"] for q in user])
-    texts, metas = corpus.column("text").to_pylist(), corpus.column("meta").to_pylist()
-    sample_table = corpus.drop_columns(["input_ids"]).append_column("split", pa.array(splits.tolist(), pa.string()))
-    queries = pa.table({
-        "query_id": anchors.query_ids + [q["query_id"] for q in user],
-        "kind": ["anchor"] * len(anchors.sample_ids) + ["user"] * len(user),
-        "text": [texts[row_of[int(s)]] for s in anchors.sample_ids] + [q["text"] for q in user],
-        "prompt": [None] * len(anchors.sample_ids) + [q["prompt"] for q in user],
-        "sample_id": pa.array([int(s) for s in anchors.sample_ids] + [None] * len(user), pa.int64()),
-        "split": anchors.splits.tolist() + [None] * len(user),
-        "meta": [metas[row_of[int(s)]] for s in anchors.sample_ids] + [q["meta"] for q in user],
-    })
-    runs = pa.table({
-        "run_id": [run_id], "base_model_hash": [base["model_hash"]], "projection": [spec.kind], "dim": [spec.dim],
-        "seed": [spec.seed], "dataset_version": [corpus_manifest["dataset_version"]], "store_key": [store.root.name],
-        "created_at": [datetime.now(timezone.utc).replace(tzinfo=None)], "dagster_run_id": [dagster_run_id],
-    })
-    scores = pa.table({
-        "query_id": rows.query_id, "sample_id": pa.array(rows.sample_id, pa.int64()),
-        "score": pa.array(rows.score, pa.float32()), "rank": pa.array(rows.rank, pa.int32()),
-        "kind": rows.kind, "run_id": [run_id] * len(rows),
-    })
-    write_database(cfg.home_path, {"samples": sample_table, "quarantine": read_quarantine(paths.corpus),
-                                   "queries": queries, "runs": runs, "scores": scores})
-
-    groups = planted_members(metas, ids)
-    probes = [(q, groups.get(json.loads(q["meta"]).get("planted_group"), set())) for q in user]
-    top_by_query: dict[str, list[int]] = {}
-    for qid, sid, kind in zip(user_rows.query_id, user_rows.sample_id, user_rows.kind, strict=True):
-        top_by_query.setdefault(qid, []).append(sid)
-    teacher_recall = planted_recall([top_by_query[q["query_id"]] for q, rel in probes if rel], [rel for _, rel in probes if rel], cfg.k)
-    return StageResult({
-        "path": str(cfg.home_path / "rankings.duckdb"), "run_id": run_id, "samples": len(ids),
-        "anchors_train": int((anchors.splits == "train").sum()), "anchors_heldout": int((anchors.splits == "heldout").sum()),
-        "user_queries": len(user), "score_rows": len(scores), "ceiling_rows": ceiling_rows,
-        f"teacher_planted_recall_at_{cfg.k}": teacher_recall, "base_model_hash": base["model_hash"],
-        "dataset_version": corpus_manifest["dataset_version"], "projection": spec.kind, "dim": spec.dim, "seed": spec.seed,
-        "bytes": (cfg.home_path / "rankings.duckdb").stat().st_size,
-    }, run_id)

@@ -21,7 +21,7 @@ vocab_size = 1024
 [projection]
 dim = 1024
 [rankings]
-n_anchors = 40
+anchor_fraction = 0.25
 eval_pool_size = 60
 [encoder]
 epochs = 1

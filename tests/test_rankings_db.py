@@ -4,7 +4,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from influcoder_dagster.rankings_db import connect_readonly, write_database
+from influcoder_dagster.rankings_db import Update, apply_update, connect_readonly
+
+
+def write_database(home, tables: dict) -> None:
+    apply_update(home, Update(rebuild=True, state={"run": tables["run"]["run_id"][0].as_py()}, **tables))
 
 
 def tables(n_scores: int, tag: str) -> dict:
@@ -16,9 +20,9 @@ def tables(n_scores: int, tag: str) -> dict:
                                 "shard": ["a"], "dataset_version": ["d"]}),
         "queries": pa.table({"query_id": ["q"], "kind": ["user"], "text": ["query"], "prompt": [None],
                              "sample_id": pa.array([None], pa.int64()), "split": [None], "meta": ["{}"]}),
-        "runs": pa.table({"run_id": [tag], "base_model_hash": ["m"], "projection": ["logra"], "dim": [8], "seed": [0],
-                          "dataset_version": ["d"], "store_key": ["k"], "created_at": pa.array([None], pa.timestamp("us")),
-                          "dagster_run_id": [None]}),
+        "run": pa.table({"run_id": [tag], "base_model_hash": ["m"], "projection": ["logra"], "dim": [8], "seed": [0],
+                         "dataset_version": ["d"], "store_key": ["k"], "mode": ["rebuild"], "preconditioned": [False],
+                         "created_at": pa.array([None], pa.timestamp("us")), "dagster_run_id": [None]}),
         "scores": pa.table({"query_id": ["q"] * n_scores, "sample_id": pa.array([1, 2][:n_scores], pa.int64()),
                             "score": pa.array([0.9, 0.1][:n_scores], pa.float32()), "rank": [1, 2][:n_scores],
                             "kind": ["top"] * n_scores, "run_id": [tag] * n_scores}),

@@ -44,3 +44,21 @@ def test_pair_and_full_scores_are_cosines():
     np.testing.assert_allclose(full_scores(q, g), brute(q, g), rtol=1e-5)
     np.testing.assert_allclose(pair_scores(q, np.stack([g[:2], g[2:], g[1:3]])),
                                np.array([brute(q[:1], g[:2])[0], brute(q[1:2], g[2:])[0], brute(q[2:], g[1:3])[0]]), rtol=1e-5)
+
+
+def test_preconditioned_scores_equal_the_closed_form():
+    from influcoder_dagster.scoring import fisher, precondition
+
+    rng = np.random.default_rng(2)
+    g = (rng.standard_normal((200, 6)) * np.array([5, 1, 1, 0.2, 3, 1])).astype(np.float32)
+    q = rng.standard_normal((3, 6)).astype(np.float32)
+    f = fisher(blocks(np.arange(200), g, 64), 6)
+    np.testing.assert_allclose(f, g.astype(np.float64).T @ g / 200, rtol=1e-10)
+    lam = 0.1 * np.trace(f) / 6
+    closed = np.linalg.inv(f + lam * np.eye(6)) @ q.T.astype(np.float64)  # (d, m)
+    expected = (closed.T @ g.T) / np.linalg.norm(closed.T, axis=1, keepdims=True) / np.linalg.norm(g, axis=1)
+    top, _ = stream_topk(precondition(q, f, 0.1), blocks(np.arange(200), g, 64), k=5)
+    for i in range(3):
+        order = np.argsort(-expected[i])[:5]
+        np.testing.assert_array_equal(top.ids[i], order)
+        np.testing.assert_allclose(top.scores[i], expected[i][order], rtol=1e-4)
