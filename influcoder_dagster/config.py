@@ -61,7 +61,7 @@ class RankingConfig(_Section):
     n_bottom: int = 16
     n_random: int = 32
     eval_pool_size: int = Field(400, description="held-out pool samples scored in full for held-out anchors")
-    block_rows: int = 8192
+    block_rows: int = Field(4096, description="store rows per scoring block (memory ~ block_rows x dim x 10 bytes)")
     precondition: bool = Field(False, description="score with the damped inverse projected Fisher (influence functions)")
     damping: float = Field(0.1, description="lambda = damping * trace(F) / dim")
     seed: int = 0

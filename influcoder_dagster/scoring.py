@@ -51,11 +51,19 @@ def stream_topk(
     bot_s = torch.full((m, 0), torch.inf)
     bot_i = torch.zeros((m, 0), dtype=torch.long)
     excl = torch.as_tensor(exclude_ids, dtype=torch.long)[:, None] if exclude_ids is not None else None
+    buffer: torch.Tensor | None = None
     for ids, rows in blocks:
         if len(ids) == 0:
             continue
         block_ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        s = q @ unit_rows(torch.from_numpy(np.asarray(rows, dtype=np.float32))).T
+        # Convert fp16 -> fp32 into one reused buffer (a fresh allocation per block costs ten times
+        # more in page faults than the conversion itself); dividing the scores by the row norms
+        # reads the block once instead of writing a normalised copy.
+        if buffer is None or buffer.shape[0] < len(ids):
+            buffer = torch.empty((len(ids), q.shape[1]), dtype=torch.float32)
+        g = buffer[: len(ids)]
+        g.copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+        s = (q @ g.T) / torch.linalg.vector_norm(g, dim=1).clamp_min(1e-12)
         hit = (block_ids[None, :] == excl) if excl is not None else None
         expanded = block_ids[None, :].expand(m, -1)
         top_s, top_i = _merge(top_s, top_i, s.masked_fill(hit, -torch.inf) if hit is not None else s, expanded, k, largest=True)
@@ -76,6 +84,9 @@ def merge_ranked(a: Ranked, b: Ranked, k: int, largest: bool = True) -> Ranked:
 def _merge(cur_s: torch.Tensor, cur_i: torch.Tensor, s: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
+    if s.shape[1] > k:  # reduce the block to its own top-k first: the merge then sorts 2k, not k + block
+        s, pos = torch.topk(s, k, dim=1, largest=largest, sorted=False)
+        ids = torch.gather(ids, 1, pos)
     all_s = torch.cat([cur_s, s], dim=1)
     all_i = torch.cat([cur_i, ids], dim=1)
     kk = min(k, all_s.shape[1])

@@ -167,11 +167,18 @@ class GradientStore:
         return sum(s["rows"] for s in self.manifest["shards"].values())
 
     def iter_blocks(self, block_rows: int, shards: list[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, fp16 rows) blocks over all (or the named) shards in name order; rows are memmap views."""
+        """(ids, fp16 rows) blocks over all (or the named) shards in name order.
+
+        Each block is its own small memmap, unmapped once the consumer drops it, so the resident
+        memory of a scan stays one block, however large the store. Copy-on-write mode makes the
+        array writable for zero-copy ``torch.from_numpy`` while the file stays untouched.
+        """
+        row_bytes = self.dim * np.dtype(np.float16).itemsize
         for name in self.shard_names if shards is None else sorted(shards):
-            ids, rows = self.ids(name), self.rows(name)
+            ids, path = self.ids(name), self.root / f"{name}.f16"
             for i in range(0, len(ids), block_rows):
-                yield ids[i : i + block_rows], rows[i : i + block_rows]
+                n = min(block_rows, len(ids) - i)
+                yield ids[i : i + n], np.memmap(path, dtype=np.float16, mode="c", offset=i * row_bytes, shape=(n, self.dim))
 
     def lookup(self, sample_ids: np.ndarray) -> np.ndarray:
         """float32 rows for the given sample ids (repeats allowed); KeyError names the missing ones."""

@@ -89,3 +89,17 @@ def test_cli_attribute_and_sql_answer_on_the_pipeline_output(pipeline_home, caps
     assert [r["kind"] for r in rows] == ["anchor", "user"]
     assert main(["--config", config, "sql", "DROP TABLE scores"]) == 1
     assert "read-only" in capsys.readouterr().err.lower()
+
+
+def test_the_readme_sql_examples_run_on_the_pipeline_database(pipeline_home):
+    import re
+    from pathlib import Path
+
+    home, _, _ = pipeline_home
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    statements = [s.strip() for block in re.findall(r"```sql\n(.*?)```", readme, re.S) for s in block.split(";") if s.strip()]
+    assert len(statements) >= 4
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    for sql in statements:
+        rows = con.execute(sql).fetchall()
+        assert rows, f"no rows from README example: {sql}"
