@@ -56,7 +56,7 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
         "rows": {
             "read": meta["tokenized_corpus"]["rows_read"], "kept": meta["tokenized_corpus"]["rows_kept"],
             "quarantined": meta["tokenized_corpus"]["rows_quarantined"], "gradients": meta["projected_gradients"]["rows"],
-            "score_rows": rankings.get("score_rows"), "index": index.get("count"),
+            "score_rows": rankings.get("score_rows_written"), "index": index.get("count"),
         },
         "k": cfg.k,
         "planted_recall_at_k": {
