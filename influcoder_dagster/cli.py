@@ -30,20 +30,24 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     else:
         print("give a query TEXT or --file queries.jsonl", file=sys.stderr)
         return 2
-    attributor = Attributor(cfg.home_path)
+    attributor = Attributor(cfg.home_path, cfg.model.max_length)
+    if args.rerank:
+        attributor.query(texts[:1], 1, args.rerank)  # load the decoder and the store before the clock starts
     started = time.perf_counter()
-    results = attributor.query(texts, args.k)
+    results = attributor.query(texts, args.k, args.rerank)
     ms = (time.perf_counter() - started) * 1000 / len(texts)
     if args.json:
         print(json.dumps(results if args.file else results[0], indent=2))
         return 0
-    if attributor.manifest["encoder_version"] == "base":
+    if attributor.manifest["encoder_version"].startswith("base"):
         print("note: no distilled encoder has passed its quality gate yet; these come from the untrained base encoder\n")
     for text, hits in zip(texts, results, strict=True):
         print(f"query: {text[:100]}")
-        print(_table([{**h, "score": f"{h['score']:.3f}"} for h in hits], ["rank", "sample_id", "score", "source", "row", "text"]))
+        cols = ["rank", "sample_id", "score"] + (["encoder_score"] if args.rerank else []) + ["source", "row", "text"]
+        print(_table([{**h, "score": f"{h['score']:.3f}", "encoder_score": f"{h.get('encoder_score', 0):.3f}"} for h in hits], cols))
         print()
-    print(f"{ms:.1f} ms per query (encoder {attributor.manifest['encoder_version']}, {attributor.index.ntotal} samples)")
+    how = f"top-{args.rerank} re-ranked by the teacher's gradient score" if args.rerank else "encoder similarity"
+    print(f"{ms:.1f} ms per query ({how}; encoder {attributor.manifest['encoder_version']}, {attributor.index.ntotal} samples)")
     return 0
 
 
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("text", nargs="?", help="the model output to attribute")
     a.add_argument("--file", help="JSONL of queries, one {'text': ...} per line")
     a.add_argument("-k", type=int, default=10)
+    a.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="recall N candidates from the index, return the top-k by exact gradient influence")
     a.add_argument("--json", action="store_true")
     s = sub.add_parser("sql", help="run SQL on the rankings database (read-only snapshot)")
     s.add_argument("query")

@@ -30,6 +30,24 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str = "auto", fla
     return index
 
 
+def sync_index(index: Any, ids: np.ndarray, embed: Any) -> tuple[int | None, int | None]:
+    """Make ``index`` hold exactly ``ids``: remove the missing, embed and add the new ones.
+
+    Returns (added, removed), or (None, None) when this index kind cannot remove (HNSW) and
+    something has to go: the caller rebuilds then.
+    """
+    current = index_ids(index)
+    gone = np.setdiff1d(current, ids)
+    new = np.setdiff1d(np.asarray(ids, dtype=np.int64), current)
+    if len(gone):
+        if index_kind(index) != "flat":
+            return None, None
+        index.remove_ids(gone.astype(np.int64))
+    if len(new):
+        index.add_with_ids(np.ascontiguousarray(embed(new), dtype=np.float32), new.astype(np.int64))
+    return len(new), len(gone)
+
+
 def index_kind(index: Any) -> str:
     import faiss
 

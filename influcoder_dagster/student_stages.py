@@ -168,49 +168,56 @@ def _champion_spearman(name: str, version: str) -> float | None:
 
 
 def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
+    """Embed the corpus with the champion and index it; with the same encoder, only new and removed samples change."""
     import shutil
 
     from . import tracking
     from .distill import encode, load_encoder
-    from .index import build_index, save_index
+    from .index import IndexError_, build_index, load_index, save_index, sync_index
     from .tokenized import read_corpus, read_manifest
 
     paths = Paths(cfg.home_path)
     tracking.setup(cfg.home_path)
     name = cfg.encoder.registered_name
     version = tracking.champion_version(name)
-    if version is not None:
-        model, encoder_version = tracking.load_registered(cfg.home_path, name, tracking.CHAMPION), f"v{version}"
-    else:
-        # No distilled version has passed the quality gate yet: serve the starting encoder, and say so.
-        model, encoder_version = load_encoder(cfg.encoder.base, cfg.encoder.max_seq_length), "base"
+    encoder_version = f"v{version}" if version is not None else f"base:{cfg.encoder.base or 'all-MiniLM-L6-v2'}"
     corpus = read_corpus(paths.corpus, columns=["sample_id", "text"])
     manifest = read_manifest(paths.corpus)
+    ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
+    try:
+        index, previous = load_index(paths.index)
+    except IndexError_:
+        index, previous = None, {}
+    model = None
+
+    def embed(wanted: np.ndarray) -> np.ndarray:
+        nonlocal model
+        if model is None:
+            model = (tracking.load_registered(cfg.home_path, name, tracking.CHAMPION) if version is not None
+                     else load_encoder(cfg.encoder.base, cfg.encoder.max_seq_length))  # no version has passed the gate yet
+        row = {int(s): i for i, s in enumerate(ids)}
+        return encode(model, [texts[row[int(s)]] for s in wanted], progress=progress)
+
     started = time.perf_counter()
-    emb = encode(model, corpus.column("text").to_pylist(), progress=progress)
-    encode_s = time.perf_counter() - started
-    index = build_index(emb, corpus.column("sample_id").to_numpy(), cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m)
-    tmp = paths.index_encoder.with_name("encoder.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp))
-    shutil.rmtree(paths.index_encoder, ignore_errors=True)
-    tmp.rename(paths.index_encoder)
+    same_encoder = index is not None and previous.get("encoder_version") == encoder_version and paths.index_encoder.exists()
+    added, removed = sync_index(index, ids, embed) if same_encoder else (None, None)
+    if added is None:  # another encoder, no index yet, or an index kind that cannot delete: rebuild
+        index = build_index(embed(ids), ids, cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m)
+        added, removed = len(ids), 0
+        tmp = paths.index_encoder.with_name("encoder.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(str(tmp))
+        shutil.rmtree(paths.index_encoder, ignore_errors=True)
+        tmp.rename(paths.index_encoder)
+    seconds = time.perf_counter() - started
     path = save_index(index, paths.index, {
         "encoder_name": name, "encoder_version": encoder_version, "dataset_version": manifest["dataset_version"],
-        "base_model_hash": manifest["base_model_hash"], "dim": int(emb.shape[1]),
+        "base_model_hash": manifest["base_model_hash"], "dim": int(index.d),
     })
     return StageResult({
-        "path": str(path), "count": int(index.ntotal), "encoder_version": encoder_version,
-        "warning": None if version else "no distilled encoder has passed its quality gate; serving the untrained base encoder", "dataset_version": manifest["dataset_version"],
-        "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
-        "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encode_samples_per_s": len(emb) / encode_s if encode_s else None,
-        "encoder_bytes": dir_size(paths.index_encoder),
+        "path": str(path), "count": int(index.ntotal), "encoder_version": encoder_version, "mode": "update" if same_encoder and added is not None else "rebuild",
+        "samples_embedded": added, "samples_removed": removed, "seconds": round(seconds, 2),
+        "warning": None if version else "no distilled encoder has passed its quality gate; serving the untrained base encoder",
+        "dataset_version": manifest["dataset_version"], "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
+        "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encoder_bytes": dir_size(paths.index_encoder),
     }, f"{encoder_version}-{manifest['dataset_version']}")
-
-
-def encoder_record(paths: Paths) -> dict[str, Any]:
-    if not paths.encoder_pointer.exists():
-        raise FileNotFoundError("no encoder yet; materialize the 'influcoder_encoder' asset")
-    return read_json(paths.encoder_pointer)
-
-

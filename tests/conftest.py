@@ -47,6 +47,15 @@ def tiny_lm():
 
 
 @pytest.fixture(scope="session")
+def local_lm(tmp_path_factory, tiny_lm):
+    """The tiny random decoder saved as a local Hugging Face model folder."""
+    path = tmp_path_factory.mktemp("lm") / "my-lm"
+    tiny_lm[0].save_pretrained(path)
+    tiny_lm[1].save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def pipeline_home(tmp_path_factory):
     """Materialize every asset once, in process, with real DuckDB, MLflow (sqlite) and FAISS files."""
     from influcoder_dagster.runner import failure_messages, materialization_metadata, materialize, only_gate_failed

@@ -39,3 +39,23 @@ def test_remove_and_add_keep_ids_consistent():
 def test_missing_index_says_which_asset_to_materialize(tmp_path):
     with pytest.raises(IndexError_, match="materialize the 'embedding_index' asset"):
         load_index(tmp_path / "nothing")
+
+
+def test_sync_adds_only_new_samples_and_removes_missing_ones():
+    from influcoder_dagster.index import sync_index
+
+    rng = np.random.default_rng(2)
+    emb = unit(rng.standard_normal((30, 8)))
+    index = build_index(emb[:20], np.arange(20, dtype=np.int64), kind="flat")
+    embedded = []
+
+    def embed(ids):
+        embedded.extend(ids.tolist())
+        return emb[ids]
+
+    added, removed = sync_index(index, np.arange(5, 30, dtype=np.int64), embed)
+    assert (added, removed) == (10, 5) and sorted(embedded) == list(range(20, 30))
+    assert sorted(index_ids(index).tolist()) == list(range(5, 30))
+    np.testing.assert_array_equal(search(index, emb[25:26], 1)[1], [[25]])
+    hnsw = build_index(emb[:20], np.arange(20, dtype=np.int64), kind="hnsw")
+    assert sync_index(hnsw, np.arange(5, 20, dtype=np.int64), embed) == (None, None)  # HNSW cannot delete: rebuild

@@ -103,3 +103,21 @@ def test_the_readme_sql_examples_run_on_the_pipeline_database(pipeline_home):
     for sql in statements:
         rows = con.execute(sql).fetchall()
         assert rows, f"no rows from README example: {sql}"
+
+
+def test_rerank_returns_the_teachers_order_and_scores_among_the_candidates(pipeline_home):
+    from influcoder_dagster.attribute import Attributor
+
+    home, _, _ = pipeline_home
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    qid, text, prompt = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchone()
+    teacher = dict(con.execute("SELECT sample_id, score FROM scores WHERE query_id = ? AND kind = 'top'", [qid]).fetchall())
+    attributor = Attributor(home)
+    every = attributor.query([text], k=40, rerank=40, prompts=[prompt])[0]
+    top5 = attributor.query([text], k=5, rerank=40, prompts=[prompt])[0]
+    scores = [h["score"] for h in every]
+    assert scores == sorted(scores, reverse=True) and [h["sample_id"] for h in top5] == [h["sample_id"] for h in every[:5]]
+    shared = [h for h in every if h["sample_id"] in teacher]
+    assert shared, "the index recalled none of the teacher's top-k"
+    for h in shared:  # the same number the rankings asset computed for this pair
+        assert abs(h["score"] - teacher[h["sample_id"]]) < 1e-4

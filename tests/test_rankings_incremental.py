@@ -5,7 +5,6 @@ import shutil
 
 import duckdb
 import numpy as np
-import pytest
 
 from influcoder_dagster import teacher_stages
 from influcoder_dagster.config import Config
@@ -16,14 +15,6 @@ FILES = {
     "b.jsonl": [f"the topic {i % 5} is covered by sample {i} twice." for i in range(50)],
     "c.jsonl": [f"sample {i} ends here about number {i % 3}." for i in range(40)],
 }
-
-
-@pytest.fixture(scope="module")
-def local_lm(tmp_path_factory, tiny_lm):
-    path = tmp_path_factory.mktemp("lm") / "my-lm"
-    tiny_lm[0].save_pretrained(path)
-    tiny_lm[1].save_pretrained(path)
-    return path
 
 
 def build(home, data_dir, names, lm, precondition=False):
