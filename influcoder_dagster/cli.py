@@ -51,6 +51,27 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .attribute import Attributor
+    from .audit import write_audit
+    from .teacher_stages import read_queries
+
+    cfg = load_config(args.config)
+    queries = read_queries(Path(args.file))
+    if not queries:
+        print(f"{args.file}: no queries", file=sys.stderr)
+        return 2
+    attributor = Attributor(cfg.home_path, cfg.model.max_length)
+    hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries])
+    method = f"index top-{args.rerank} re-ranked by gradient influence" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
+    out = Path(args.out) if args.out else cfg.home_path / "audits" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    files = write_audit(out, queries, hits, method)
+    print(f"audited {len(queries)} outputs; report {files['report']}, tables in {files['database']}")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -106,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rerank", type=int, default=0, metavar="N",
                    help="recall N candidates from the index, return the top-k by exact gradient influence")
     a.add_argument("--json", action="store_true")
+    au = sub.add_parser("audit", help="attribute a set of bad outputs and rank the training samples behind many of them")
+    au.add_argument("--file", required=True, help="JSONL of outputs: {'text': ..., optional 'prompt' and 'query_id'}")
+    au.add_argument("-k", type=int, default=20)
+    au.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the index's top-N by exact gradient influence")
+    au.add_argument("--out", help="folder for report.md, scores.png and audit.duckdb (default: <home>/audits/<time>)")
     s = sub.add_parser("sql", help="run SQL on the rankings database (read-only snapshot)")
     s.add_argument("query")
     s.add_argument("--json", action="store_true")
@@ -116,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"demo": cmd_demo, "attribute": cmd_attribute, "sql": cmd_sql, "materialize": cmd_materialize}
+    handlers = {"demo": cmd_demo, "attribute": cmd_attribute, "audit": cmd_audit, "sql": cmd_sql, "materialize": cmd_materialize}
     try:
         return handlers[args.command](args)
     except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:

@@ -121,3 +121,12 @@ def test_rerank_returns_the_teachers_order_and_scores_among_the_candidates(pipel
     assert shared, "the index recalled none of the teacher's top-k"
     for h in shared:  # the same number the rankings asset computed for this pair
         assert abs(h["score"] - teacher[h["sample_id"]]) < 1e-4
+
+
+def test_cli_audit_on_the_pipeline_output(pipeline_home, tmp_path, capsys):
+    home, config, _ = pipeline_home
+    queries = home / "demo" / "queries.jsonl"
+    assert main(["--config", config, "audit", "--file", str(queries), "-k", "5", "--out", str(tmp_path / "audit")]) == 0
+    assert (tmp_path / "audit" / "report.md").exists() and (tmp_path / "audit" / "scores.png").exists()
+    n = duckdb.connect(str(tmp_path / "audit" / "audit.duckdb"), read_only=True).execute("SELECT count(*) FROM hits").fetchone()[0]
+    assert n == 5 * len(queries.read_text().splitlines())
