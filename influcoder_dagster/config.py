@@ -87,8 +87,9 @@ class EncoderConfig(_Section):
 
 
 class IndexConfig(_Section):
-    kind: Literal["auto", "flat", "hnsw"] = "auto"
-    flat_max: int = Field(200_000, description="'auto' uses an exact index up to this many samples")
+    kind: Literal["auto", "flat", "ivf_sq8", "hnsw"] = "auto"
+    flat_max: int = Field(200_000, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
+    nprobe: int = Field(64, description="inverted lists searched per query (ivf_sq8)")
     hnsw_m: int = 32
 
 

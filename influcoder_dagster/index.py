@@ -1,5 +1,9 @@
 """The FAISS embedding index: inner product over unit vectors (= cosine), ids = corpus sample ids.
 
+Kinds: ``flat`` (exact) for small corpora; ``ivf_sq8`` (inverted lists over 8-bit scalar-quantised
+vectors, trained on a sample, then filled; about 4x smaller than flat, removals supported) or
+``hnsw`` (graph, fast, cannot remove) for large ones. ``auto`` picks flat up to ``flat_max``.
+
 Written as ``index/<encoder_version>-<dataset_version>.faiss`` plus ``index/manifest.json``
 naming the current file; both are replaced atomically, so a reader loads a consistent pair.
 """
@@ -18,12 +22,24 @@ class IndexError_(LookupError):
     """A missing or stale index; the message says which asset to materialize."""
 
 
-def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str = "auto", flat_max: int = 200_000, hnsw_m: int = 32) -> Any:
+def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str = "auto", flat_max: int = 200_000, hnsw_m: int = 32,
+                nprobe: int = 64, seed: int = 0) -> Any:
     import faiss
 
     n, d = embeddings.shape
-    chosen = kind if kind != "auto" else ("flat" if n <= flat_max else "hnsw")
-    base = faiss.IndexFlatIP(d) if chosen == "flat" else faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    chosen = kind if kind != "auto" else ("flat" if n <= flat_max else "ivf_sq8")
+    if chosen == "flat":
+        base = faiss.IndexFlatIP(d)
+    elif chosen == "hnsw":
+        base = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    elif chosen == "ivf_sq8":
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 40))  # ~40 training points per list at least
+        base = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, size=min(n, 100 * nlist), replace=False)
+        base.train(np.ascontiguousarray(embeddings[sample], dtype=np.float32))
+        base.nprobe = nprobe
+    else:
+        raise ValueError(f"index.kind={kind!r}: use auto, flat, ivf_sq8 or hnsw")
     index = faiss.IndexIDMap2(base)
     if n:
         index.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), np.asarray(ids, dtype=np.int64))
@@ -40,7 +56,7 @@ def sync_index(index: Any, ids: np.ndarray, embed: Any) -> tuple[int | None, int
     gone = np.setdiff1d(current, ids)
     new = np.setdiff1d(np.asarray(ids, dtype=np.int64), current)
     if len(gone):
-        if index_kind(index) != "flat":
+        if index_kind(index) == "hnsw":
             return None, None
         index.remove_ids(gone.astype(np.int64))
     if len(new):
@@ -52,7 +68,9 @@ def index_kind(index: Any) -> str:
     import faiss
 
     inner = faiss.downcast_index(index.index)
-    return "hnsw" if isinstance(inner, faiss.IndexHNSWFlat) else "flat"
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return "hnsw"
+    return "ivf_sq8" if isinstance(inner, faiss.IndexIVF) else "flat"
 
 
 def save_index(index: Any, root: Path, manifest: dict[str, Any]) -> Path:
@@ -76,7 +94,10 @@ def load_index(root: Path) -> tuple[Any, dict[str, Any]]:
     if not manifest_path.exists():
         raise IndexError_(f"no embedding index at {root}; materialize the 'embedding_index' asset (influcoder materialize)")
     manifest = read_json(manifest_path)
-    return faiss.read_index(str(root / manifest["file"])), manifest
+    index = faiss.read_index(str(root / manifest["file"]))
+    if "nprobe" in manifest and index_kind(index) == "ivf_sq8":
+        faiss.extract_index_ivf(index.index).nprobe = int(manifest["nprobe"])
+    return index, manifest
 
 
 def index_ids(index: Any) -> np.ndarray:

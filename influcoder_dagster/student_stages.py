@@ -202,7 +202,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     same_encoder = index is not None and previous.get("encoder_version") == encoder_version and paths.index_encoder.exists()
     added, removed = sync_index(index, ids, embed) if same_encoder else (None, None)
     if added is None:  # another encoder, no index yet, or an index kind that cannot delete: rebuild
-        index = build_index(embed(ids), ids, cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m)
+        index = build_index(embed(ids), ids, cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m, cfg.index.nprobe)
         added, removed = len(ids), 0
         tmp = paths.index_encoder.with_name("encoder.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,7 +212,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     seconds = time.perf_counter() - started
     path = save_index(index, paths.index, {
         "encoder_name": name, "encoder_version": encoder_version, "dataset_version": manifest["dataset_version"],
-        "base_model_hash": manifest["base_model_hash"], "dim": int(index.d),
+        "base_model_hash": manifest["base_model_hash"], "dim": int(index.d), "nprobe": cfg.index.nprobe,
     })
     return StageResult({
         "path": str(path), "count": int(index.ntotal), "encoder_version": encoder_version, "mode": "update" if same_encoder and added is not None else "rebuild",

@@ -59,3 +59,24 @@ def test_sync_adds_only_new_samples_and_removes_missing_ones():
     np.testing.assert_array_equal(search(index, emb[25:26], 1)[1], [[25]])
     hnsw = build_index(emb[:20], np.arange(20, dtype=np.int64), kind="hnsw")
     assert sync_index(hnsw, np.arange(5, 20, dtype=np.int64), embed) == (None, None)  # HNSW cannot delete: rebuild
+
+
+def test_the_compressed_index_is_smaller_keeps_recall_and_supports_removal(tmp_path):
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((50, 32))
+    emb = unit(centers[rng.integers(0, 50, 6000)] + 0.5 * rng.standard_normal((6000, 32)))
+    ids = np.arange(6000, dtype=np.int64) + 10**6
+    q = unit(emb[:50] + 0.1 * rng.standard_normal((50, 32)))
+    exact = build_index(emb, ids, kind="flat")
+    ivf = build_index(emb, ids, kind="ivf_sq8", nprobe=16)
+    truth, got = search(exact, q, 10)[1], search(ivf, q, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
+    assert recall >= 0.95, recall
+    save_index(ivf, tmp_path / "i", {"encoder_version": "v1", "dataset_version": "d", "nprobe": 16})
+    save_index(exact, tmp_path / "e", {"encoder_version": "v1", "dataset_version": "d"})
+    assert (tmp_path / "i" / "v1-d.faiss").stat().st_size < 0.5 * (tmp_path / "e" / "v1-d.faiss").stat().st_size
+    reloaded, manifest = load_index(tmp_path / "i")
+    assert manifest["kind"] == "ivf_sq8"
+    np.testing.assert_array_equal(search(reloaded, q, 10)[1], got)
+    reloaded.remove_ids(ids[:100])
+    assert reloaded.ntotal == 5900 and not set(ids[:100]) & set(index_ids(reloaded).tolist())

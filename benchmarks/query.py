@@ -1,0 +1,144 @@
+"""Query latency and size: encoder + index, encoder + index + gradient re-rank, and the gradient-only path.
+
+    influcoder demo                                   # once: the real encoder, decoder and corpus
+    python benchmarks/query.py --home influcoder_home [--sizes 10000 100000] [--json PATH]
+
+For each corpus size N, one run measures side by side, per query (p50/p95 over the queries):
+
+* ``encoder``: embed the query with the index's encoder, search the FAISS index (top-10);
+* ``rerank``: the same top-100, then the query's projected gradient on the base model and exact
+  cosines against those 100 store rows;
+* ``gradient``: the LESS-style path: the query's gradient, then a scan of the whole store.
+
+The demo's real samples are padded to N with synthetic ones (clustered unit vectors for the
+index, Gaussian rows for the gradient store) — fine for time and size, while the recovery
+figures (share of the gradient path's top-10 that a method returns) come from the real queries.
+``compressed_recall_at_10`` compares the ivf_sq8 index with the exact one on the same vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    return len(set(a[:k].tolist()) & set(b[:k].tolist())) / k
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default="influcoder_home", help="a storage root where `influcoder demo` ran")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder_dagster.atomic import read_json
+    from influcoder_dagster.config import load_config
+    from influcoder_dagster.decoder import load_decoder, tokenize_for_loss
+    from influcoder_dagster.gradients import GradientExtractor
+    from influcoder_dagster.index import build_index, save_index, search
+    from influcoder_dagster.paths import Paths
+    from influcoder_dagster.projection import ProjectionSpec
+    from influcoder_dagster.scoring import full_scores, stream_topk
+    from influcoder_dagster.store import GradientStore
+    from influcoder_dagster.teacher_stages import dataset_files, read_queries
+    from influcoder_dagster.tokenized import read_corpus
+
+    paths = Paths(Path(args.home).resolve())
+    if not paths.index_encoder.exists():
+        sys.exit(f"{paths.home}: no index; run `influcoder demo` (or materialize every asset) first")
+    real_store = GradientStore.open(Path(read_json(paths.gradients_pointer)["root"]))
+    encoder = SentenceTransformer(str(paths.index_encoder), device="cpu")
+    model, tokenizer = load_decoder(read_json(paths.base_model_pointer)["path"])
+    extractor = GradientExtractor(model, ProjectionSpec.from_json(real_store.manifest["projection"]), tokenizer.pad_token_id)
+    corpus = read_corpus(paths.corpus, columns=["sample_id", "text"])
+    real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
+    real_emb = encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    real_rows = real_store.lookup(real_ids)
+    cfg = load_config()
+    probes = [q["text"] for q in read_queries(dataset_files(cfg.model_copy(update={"home": str(paths.home)}))[1])]
+    queries = (probes + texts[::max(1, len(texts) // 30)])[:30]
+    rng = np.random.default_rng(0)
+    results = []
+    for n in args.sizes:
+        extra = max(0, n - len(real_ids))
+        centers = rng.standard_normal((256, real_emb.shape[1])).astype(np.float32)
+        fake = centers[rng.integers(0, 256, extra)] + 0.8 * rng.standard_normal((extra, real_emb.shape[1])).astype(np.float32)
+        emb = np.concatenate([real_emb, fake / np.linalg.norm(fake, axis=1, keepdims=True)])
+        ids = np.concatenate([real_ids, np.arange(1, extra + 1, dtype=np.int64) * -1 + -(10**12)])
+        with tempfile.TemporaryDirectory() as tmp:
+            store = GradientStore.create(Path(tmp), {"synthetic": n, "dim": real_store.dim}, "bench")
+            writer = store.writer("s", ids)
+            for i in range(0, len(ids), 8192):
+                rows = np.arange(i, min(i + 8192, len(ids)))
+                real = rows[rows < len(real_ids)]
+                block = rng.standard_normal((len(rows), store.dim), dtype=np.float32) * float(real_rows.std())
+                block[: len(real)] = real_rows[real]
+                writer.write(rows, block)
+            writer.finish()
+            exact = build_index(emb, ids, kind="flat")
+            compressed = build_index(emb, ids, kind="ivf_sq8", nprobe=64)
+            sizes = {}
+            for name, index in (("flat", exact), ("ivf_sq8", compressed)):
+                path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)})
+                sizes[name] = path.stat().st_size / len(ids)
+            times: dict[str, list[float]] = {"encoder": [], "rerank": [], "gradient": []}
+            rec = {"compressed": [], "encoder": [], "rerank": []}
+            for text in queries:
+                t = time.perf_counter()
+                q = encoder.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+                _, enc_top = search(exact, q, 100)
+                times["encoder"].append(time.perf_counter() - t)  # encode + top-100 search (top-10 is its prefix)
+                t = time.perf_counter()
+                q = encoder.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+                _, cand = search(exact, q, 100)
+                g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
+                s = full_scores(g, store.lookup(cand[0]))[0]
+                rerank_top = cand[0][np.argsort(-s)]
+                times["rerank"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
+                top, _ = stream_topk(g, store.iter_blocks(4096), 10)
+                times["gradient"].append(time.perf_counter() - t)
+                rec["compressed"].append(overlap(enc_top[0], search(compressed, q, 10)[1][0]))
+                rec["encoder"].append(overlap(top.ids[0], enc_top[0]))
+                rec["rerank"].append(overlap(top.ids[0], rerank_top))
+            results.append({
+                "n": len(ids), "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
+                "rerank_ms_p50": pct(times["rerank"], 50), "gradient_ms_p50": pct(times["gradient"], 50),
+                "index_bytes_per_sample": sizes["flat"], "compressed_index_bytes_per_sample": sizes["ivf_sq8"],
+                "store_bytes_per_sample": store.nbytes() / len(ids),
+                "compressed_recall_at_10": float(np.mean(rec["compressed"])),
+                "rerank_recovery_at_10": float(np.mean(rec["rerank"])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
+            })
+    print(f"\n{len(queries)} queries; store dim {real_store.dim}; encoder {paths.index_encoder}")
+    cols = [("n", "{:,}"), ("encoder_ms_p50", "{:.1f}"), ("encoder_ms_p95", "{:.1f}"), ("rerank_ms_p50", "{:.1f}"),
+            ("gradient_ms_p50", "{:.1f}"), ("index_bytes_per_sample", "{:.0f}"), ("compressed_index_bytes_per_sample", "{:.0f}"),
+            ("store_bytes_per_sample", "{:.0f}"), ("compressed_recall_at_10", "{:.3f}"), ("rerank_recovery_at_10", "{:.3f}"),
+            ("encoder_recovery_at_10", "{:.3f}")]
+    for r in results:
+        print("  ".join(f"{c}={fmt.format(r[c])}" for c, fmt in cols))
+        print(f"  gradient / encoder latency: {r['gradient_ms_p50'] / r['encoder_ms_p50']:.1f}x;"
+              f" store / index bytes: {r['store_bytes_per_sample'] / r['index_bytes_per_sample']:.1f}x (flat),"
+              f" {r['store_bytes_per_sample'] / r['compressed_index_bytes_per_sample']:.1f}x (ivf_sq8)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
