@@ -1,0 +1,164 @@
+"""Per-sample gradient extraction throughput: ours vs a plain training step vs a naive per-sample loop.
+
+    python benchmarks/teacher.py [--home influcoder_home] [--n 256] [--dim 2048] [--json PATH]
+
+Same model (the demo's base model with --home, else a 4-layer GPT-2 built here), same texts, same
+parameter set (the weights of every Linear/Conv1D but the LM head) and the same projection dim:
+
+* ``ours``: hook-based batched extraction with the LoGra two-sided projection (what the
+  ``projected_gradients`` asset runs);
+* ``train_step``: forward + backward of a batch with weight gradients, no per-sample work — the
+  physical limit;
+* ``per_sample_loop``: batch size 1, full weight gradients, then the same projection.
+
+``spearman`` is the mean per-query Spearman of each method's cosine scores against the exact
+(unprojected) gradient cosine on a subset. Every method runs in its own process for its peak RSS.
+Peers (TRAK, LogIX, Kronfluence, dattri) are not installed by this script; their rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.rankings import peak_rss_mb  # noqa: E402
+
+PEERS = {name: {"error": "not installed in this benchmark environment yet"} for name in ("trak", "logix", "kronfluence", "dattri")}
+
+
+def load(home: str | None):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from influcoder_dagster.decoder import load_decoder, train_tokenizer
+    from influcoder_dagster.demo_data import docstring_passages
+
+    texts = docstring_passages(400)
+    if home:
+        from influcoder_dagster.atomic import read_json
+        from influcoder_dagster.paths import Paths
+
+        return (*load_decoder(read_json(Paths(Path(home)).base_model_pointer)["path"]), texts)
+    tok = train_tokenizer(texts, 2048)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=256, n_layer=4, n_head=4,
+                                       attn_implementation="eager", bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    return model.eval(), tok, texts
+
+
+def exact_and_projected(model, projector, enc, names, with_exact: bool):
+    """Plain autograd, one sample at a time: full gradients, then the projection."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    modules = dict(model.named_modules())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    exact, projected = [], []
+    for e in enc:
+        model.zero_grad(set_to_none=True)
+        ids = torch.tensor([e.input_ids])
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads = [(modules[n].weight.grad.T if isinstance(modules[n], Conv1D) else modules[n].weight.grad) for n in names]
+        projected.append(torch.cat([projector.project_full(n, g) for n, g in zip(names, grads, strict=True)]))
+        if with_exact:
+            exact.append(torch.cat([g.flatten() for g in grads]))
+    return (torch.stack(exact).numpy() if with_exact else None), torch.stack(projected).numpy()
+
+
+def method(name: str, home: str | None, n: int, dim: int, out: mp.Queue) -> None:
+    import torch
+
+    from influcoder_dagster.decoder import tokenize_for_loss
+    from influcoder_dagster.gradients import GradientExtractor, compute_gradients, length_sorted_batches, projection_for
+
+    model, tok, texts = load(home)
+    enc = tokenize_for_loss(tok, texts[:n], 128)
+    spec = projection_for(model, "logra", dim, seed=0)
+    result: dict = {}
+    start = time.perf_counter()
+    if name == "ours":
+        grads = compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), enc, 16).numpy()
+    elif name == "train_step":
+        model.zero_grad()
+        for batch in length_sorted_batches([len(e.input_ids) for e in enc], 16):
+            width = max(len(enc[i].input_ids) for i in batch)
+            ids = torch.full((len(batch), width), tok.pad_token_id)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, i in enumerate(batch):
+                ids[j, : len(enc[i].input_ids)] = torch.tensor(enc[i].input_ids)
+                mask[j, : len(enc[i].input_ids)] = 1
+            model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        grads = None
+    else:
+        from influcoder_dagster.projection import Projector
+
+        _, grads = exact_and_projected(model, Projector(spec), enc, [m.name for m in spec.modules], with_exact=False)
+    seconds = time.perf_counter() - start
+    result = {"samples_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
+    if grads is not None:
+        result["grads"] = grads[:48]
+    out.put(result)
+
+
+def run(name: str, home: str | None, n: int, dim: int) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=method, args=(name, home, n, dim, q))
+    p.start()
+    r = q.get()
+    p.join()
+    return r
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="use the base model of this storage root (after `influcoder demo`)")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    from influcoder_dagster.decoder import tokenize_for_loss
+    from influcoder_dagster.gradients import projection_for
+    from influcoder_dagster.metrics import per_query_spearman
+    from influcoder_dagster.projection import Projector
+
+    model, tok, texts = load(args.home)
+    spec = projection_for(model, "logra", args.dim, seed=0)
+    exact, _ = exact_and_projected(model, Projector(spec), tokenize_for_loss(tok, texts[:48], 128), [m.name for m in spec.modules], True)
+    unit = exact / np.linalg.norm(exact, axis=1, keepdims=True)
+    truth = unit[:16] @ unit.T
+
+    def fidelity(g: np.ndarray) -> float:
+        gu = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return float(per_query_spearman(truth, gu[:16] @ gu.T).mean())
+
+    rows = {name: run(name, args.home, args.n, args.dim) for name in ("ours", "train_step", "per_sample_loop")}
+    for r in rows.values():
+        if "grads" in r:
+            r["spearman"] = fidelity(r.pop("grads"))
+    limit = rows["train_step"]["samples_per_s"]
+    n_params = sum(m.d_in * m.d_out for m in spec.modules)
+    print(f"\n{args.n} samples, {len(spec.modules)} layers ({n_params:,} weights), projection dim {spec.dim}")
+    print(f"{'method':<18}{'samples/s':>12}{'vs train step':>15}{'spearman':>10}{'peak RSS MB':>13}")
+    for name, r in {**rows, **PEERS}.items():
+        if "error" in r:
+            print(f"{name:<18}  {r['error']}")
+            continue
+        sp = f"{r['spearman']:.3f}" if "spearman" in r else "—"
+        print(f"{name:<18}{r['samples_per_s']:>12.1f}{r['samples_per_s'] / limit:>14.2f}x{sp:>10}{r['peak_rss_mb']:>13,.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"dim": spec.dim, "ours": rows["ours"], "train_step": {"samples_per_s": limit},
+                                               "per_sample_loop": rows["per_sample_loop"], "peers": PEERS}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
