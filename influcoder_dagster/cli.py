@@ -21,12 +21,17 @@ def _table(rows: list[dict[str, Any]], cols: list[str], width: int = 80) -> str:
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from .attribute import Attributor
+    from .teacher_stages import read_queries
 
     cfg = load_config(args.config)
     if args.file:
-        texts = [json.loads(line)["text"] for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        queries = read_queries(Path(args.file))
+        texts, prompts = [q["text"] for q in queries], [q["prompt"] for q in queries]
+        if not texts:
+            print(f"{args.file}: no queries in this file", file=sys.stderr)
+            return 2
     elif args.text:
-        texts = [args.text]
+        texts, prompts = [args.text], None
     else:
         print("give a query TEXT or --file queries.jsonl", file=sys.stderr)
         return 2
@@ -34,7 +39,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if args.rerank:
         attributor.query(texts[:1], 1, args.rerank)  # load the decoder and the store before the clock starts
     started = time.perf_counter()
-    results = attributor.query(texts, args.k, args.rerank)
+    results = attributor.query(texts, args.k, args.rerank, prompts)
     ms = (time.perf_counter() - started) * 1000 / len(texts)
     if args.json:
         print(json.dumps(results if args.file else results[0], indent=2))
@@ -93,13 +98,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from .runner import failure_messages, materialize, materialization_metadata
+    from .runner import failure_messages, materialize_with_gate
 
     cfg = load_config(args.config)
     select = [s.strip() for s in args.select.split(",")] if args.select else None
-    result = materialize(args.config, cfg.home_path, select)
-    for name, meta in materialization_metadata(result).items():
-        print(f"materialized {name} in {meta.get('wall_seconds', '?')} s")
+    result, meta, gate_held = materialize_with_gate(args.config, cfg.home_path, select)
+    for name, values in meta.items():
+        print(f"materialized {name} in {values.get('wall_seconds', '?')} s")
+    if gate_held:
+        print("the new encoder did not pass its quality gate; the index was refreshed with the current champion (or base encoder)")
     for msg in failure_messages(result):
         print(f"FAILED {msg}", file=sys.stderr)
     return 0 if result.success else 1
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": cmd_demo, "attribute": cmd_attribute, "audit": cmd_audit, "sql": cmd_sql, "materialize": cmd_materialize}
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, LookupError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

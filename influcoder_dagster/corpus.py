@@ -72,8 +72,10 @@ def list_dataset_files(path: str | Path) -> list[Path]:
     raise DatasetError(f"{p}: dataset path does not exist; set dataset.path in the config")
 
 
-def shard_name(path: Path, content_hash: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:40] or "shard"
+def shard_name(path: Path, content_hash: str, root: Path | None = None) -> str:
+    """The file's path under the dataset root (so equal files in two folders stay two shards) plus its content hash."""
+    rel = path.relative_to(root) if root and root != path else Path(path.name)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", str(rel.with_suffix("")))[-60:].strip("_") or "shard"
     return f"{stem}-{content_hash[:8]}"
 
 
@@ -103,13 +105,24 @@ def _iter_jsonl(raw: bytes) -> Iterator[tuple[int, Any, str | None]]:
             yield i, decoded, f"malformed JSON: {exc.msg} at column {exc.colno}"
 
 
-def _iter_csv(raw: bytes, path: Path, text_field: str) -> Iterator[tuple[int, Any, str | None]]:
-    text = raw.decode("utf-8", "surrogateescape")
+def _iter_csv(raw: bytes, path: Path, text_field: str, max_chars: int) -> Iterator[tuple[int, Any, str | None]]:
+    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")  # a BOM, as Excel writes
+    csv.field_size_limit(max(csv.field_size_limit(), max_chars + 1))
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if text_field not in (reader.fieldnames or []):
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: line 1: unreadable CSV header ({exc})") from exc
+    if text_field not in fieldnames:
         raise DatasetError(f"{path}: line 1: CSV header has no column {text_field!r}; set dataset.text_field")
-    for record in reader:
-        line = reader.line_num  # the physical line where this record ends; the header is line 1
+    while True:
+        line = reader.line_num + 1  # the physical line where the next record starts; the header is line 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(f"{path}: line {line}: {exc}; fix the CSV or raise dataset.max_chars") from exc
         bad = next((v for v in record.values() if isinstance(v, str) and re.search("[\udc80-\udcff]", v)), None)
         if bad is not None:
             yield line, bad.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "non-UTF-8 bytes"
@@ -131,16 +144,16 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[int, Any, str |
         yield i, record, None
 
 
-def read_shard(path: Path, text_field: str, max_chars: int, min_chars: int = 1) -> Shard:
+def read_shard(path: Path, text_field: str, max_chars: int, min_chars: int = 1, root: Path | None = None) -> Shard:
     """Validate one file. Duplicates within the file are quarantined here; across files, by :func:`read_dataset`."""
     raw = path.read_bytes()
     content_hash = hashlib.sha256(raw).hexdigest()
-    shard = Shard(name=shard_name(path, content_hash), source=str(path), content_hash=content_hash)
+    shard = Shard(name=shard_name(path, content_hash, root), source=str(path), content_hash=content_hash)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         records: Iterable[tuple[int, Any, str | None]] = _iter_jsonl(raw)
     elif suffix == ".csv":
-        records = _iter_csv(raw, path, text_field)
+        records = _iter_csv(raw, path, text_field, max_chars)
     elif suffix == ".parquet":
         records = _iter_parquet(path, text_field)
     else:
@@ -183,7 +196,8 @@ def _validate(record: Any, text_field: str, max_chars: int, min_chars: int) -> s
 
 def read_dataset(path: str | Path, text_field: str = "text", max_chars: int = 20_000, min_chars: int = 1) -> list[Shard]:
     """Read every file into a shard; a sample already kept in an earlier file is quarantined as a duplicate."""
-    shards = [read_shard(p, text_field, max_chars, min_chars) for p in list_dataset_files(path)]
+    root = Path(path) if Path(path).is_dir() else None
+    shards = [read_shard(p, text_field, max_chars, min_chars, root) for p in list_dataset_files(path)]
     first_seen: dict[int, tuple[str, int]] = {}
     for shard in shards:
         kept = []
@@ -199,11 +213,11 @@ def read_dataset(path: str | Path, text_field: str = "text", max_chars: int = 20
     return shards
 
 
-def dataset_version(shards: list[Shard], text_field: str, max_chars: int) -> str:
+def dataset_version(shards: list[Shard], text_field: str, max_chars: int, min_chars: int = 1) -> str:
     """Hash of the shards' content hashes and the options that change which rows are kept."""
-    h = hashlib.sha256(f"{text_field}|{max_chars}".encode())
+    h = hashlib.sha256(f"{text_field}|{max_chars}|{min_chars}".encode())
     for shard in sorted(shards, key=lambda s: s.name):
-        h.update(shard.content_hash.encode())
+        h.update(f"{shard.name}|{shard.content_hash}".encode())
     return h.hexdigest()[:16]
 
 

@@ -33,22 +33,26 @@ def tokenize_for_loss(
 ) -> list[Encoded]:
     """Token ids with a leading BOS (so a text's first token is predicted too), truncated to ``max_length``.
 
-    With a prompt, the loss starts after the prompt's tokens: a completion-only loss.
+    With a prompt, the loss covers every token holding a character of the completion, found by
+    character offsets (BPE may merge across the boundary): a completion-only loss.
     """
-    ids = [_with_bos(tokenizer, i)[:max_length] for i in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    prompts = prompts if prompts is not None else [None] * len(ids)
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    prompts = prompts if prompts is not None else [None] * len(texts)
+    bos = tokenizer.bos_token_id
     out = []
-    for seq, prompt in zip(ids, prompts, strict=True):
-        start = len(_with_bos(tokenizer, tokenizer(prompt, add_special_tokens=False)["input_ids"])) if prompt else 0
-        if start >= len(seq):
+    for i, prompt in enumerate(prompts):
+        raw = list(enc["input_ids"][i])
+        shift = int(bos is not None and not (raw and raw[0] == bos))
+        seq = ([bos] * shift + raw)[:max_length]
+        start = 0
+        if prompt and tokenizer.is_fast:
+            start = shift + next((j for j, (_, end) in enumerate(enc["offset_mapping"][i]) if end > len(prompt)), len(raw))
+        elif prompt:
+            start = shift + len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if prompt and start >= len(seq):
             raise ValueError(f"prompt {prompt[:60]!r} covers the whole text; the completion has no tokens for the loss")
         out.append(Encoded(seq, start))
     return out
-
-
-def _with_bos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
-    bos = tokenizer.bos_token_id
-    return list(ids) if bos is None or (ids and ids[0] == bos) else [bos, *ids]
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ def resolve_base_model(cfg: ModelConfig, texts: list[str], models_root: Path, da
         model_hash = model_dir_hash(path)
         kind = "local"
     else:
-        key = f"tiny-{dataset_version}-{cfg.n_layer}x{cfg.n_embd}-v{cfg.vocab_size}-e{cfg.epochs}-s{cfg.seed}"
+        key = f"tiny-{dataset_version}-{cfg.n_layer}x{cfg.n_embd}-v{cfg.vocab_size}-e{cfg.epochs}-s{cfg.seed}-t{cfg.max_length}"
         path = models_root / key
         if not (path / "config.json").is_file():
             train_tiny_decoder(texts, cfg, path)

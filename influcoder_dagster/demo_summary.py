@@ -17,21 +17,16 @@ ASSET_ORDER = ["base_model", "tokenized_corpus", "projected_gradients", "influen
 
 def run_demo(config_path: str | None, cfg: Config) -> int:
     from .attribute import Attributor
-    from .runner import failure_messages, materialization_metadata, materialize, only_gate_failed
+    from .runner import failure_messages, materialize_with_gate
     from .teacher_stages import dataset_files, planted_members, read_queries
     from .tokenized import read_corpus
 
     paths = Paths(cfg.home_path)
     print(f"Influcoder demo: storage root {paths.home}")
     started = time.perf_counter()
-    result = materialize(config_path, paths.home)
-    meta = materialization_metadata(result)
-    if only_gate_failed(result):
-        # The encoder's blocking quality gate held back the index in that run; rebuild it from the
-        # current champion (or, if none has passed yet, the untrained base encoder).
-        print("the new encoder did not pass its quality gate; rebuilding the index from the current champion or base encoder")
-        result = materialize(config_path, paths.home, ["embedding_index"])
-        meta.update(materialization_metadata(result))
+    result, meta, held = materialize_with_gate(config_path, paths.home)
+    if held:
+        print("the new encoder did not pass its quality gate; the index was built from the current champion or base encoder")
     for msg in failure_messages(result):
         print(f"FAILED {msg}", file=sys.stderr)
     if not result.success:

@@ -169,7 +169,8 @@ def export_parquet(home: Path) -> Path:
     try:
         for name in TABLES:
             with atomic_path(out / f"{name}.parquet") as tmp:
-                con.execute(f"COPY {name} TO '{tmp}' (FORMAT parquet)")
+                quoted = str(tmp).replace("'", "''")
+                con.execute(f"COPY {name} TO '{quoted}' (FORMAT parquet)")
     finally:
         con.close()
     return out

@@ -43,13 +43,18 @@ class _Decoder:
     def __init__(self, path: str, cfg: Config) -> None:
         self.path, self.cfg, self._loaded = path, cfg, None
 
-    def gradients(self, spec: Any, texts: list[str], prompts: list[str | None] | None) -> np.ndarray:
-        from .decoder import load_decoder, tokenize_for_loss
-        from .gradients import GradientExtractor, compute_gradients
+    def load(self) -> tuple[Any, Any]:
+        from .decoder import load_decoder
 
         if self._loaded is None:
             self._loaded = load_decoder(self.path)
-        model, tokenizer = self._loaded
+        return self._loaded
+
+    def gradients(self, spec: Any, texts: list[str], prompts: list[str | None] | None) -> np.ndarray:
+        from .decoder import tokenize_for_loss
+        from .gradients import GradientExtractor, compute_gradients
+
+        model, tokenizer = self.load()
         enc = tokenize_for_loss(tokenizer, texts, self.cfg.model.max_length, prompts)
         return compute_gradients(GradientExtractor(model, spec, tokenizer.pad_token_id), enc, self.cfg.projection.batch_size).numpy()
 
@@ -204,9 +209,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         # The teacher's noise ceiling: the same pairs under a second projection seed.
         spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
         seqs = corpus.column("input_ids").to_pylist()
-        if decoder._loaded is None:
-            decoder.gradients(spec, [texts[0]], None)  # loads the model once
-        model, tokenizer = decoder._loaded
+        model, tokenizer = decoder.load()
         g2 = compute_gradients(GradientExtractor(model, spec2, tokenizer.pad_token_id),
                                [Encoded(seqs[row_of[int(x)]]) for x in np.concatenate([hs, pool])], cfg.projection.batch_size).numpy()
         if r.precondition:  # approximated by the second seed's gradients of these samples

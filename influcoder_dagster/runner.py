@@ -85,3 +85,20 @@ def only_gate_failed(result: dg.ExecuteInProcessResult) -> bool:
         e.step_failure_data and e.step_failure_data.error and "DagsterAssetCheckFailedError" in (e.step_failure_data.error.cls_name or "")
         for e in failures
     )
+
+
+def materialize_with_gate(config_path: str | None, home: Path, select: list[str] | None = None
+                          ) -> tuple[dg.ExecuteInProcessResult, dict[str, dict[str, Any]], bool]:
+    """Materialize; if only the encoder's blocking quality gate failed, still refresh the index.
+
+    The index is built from the champion, so a failed gate cannot put the new encoder in it, but the
+    corpus may have changed: without this, the index would stay stale until the nightly reindex.
+    Returns (last result, metadata of everything materialized, whether the gate held).
+    """
+    result = materialize(config_path, home, select)
+    meta = materialization_metadata(result)
+    held = only_gate_failed(result)
+    if held and (select is None or "embedding_index" in select):
+        result = materialize(config_path, home, ["embedding_index"])
+        meta.update(materialization_metadata(result))
+    return result, meta, held

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Ranked:
-    """Per query, the selected samples best-first: ``scores[q, j]`` is the score of ``ids[q, j]``."""
+    """Per query, the selected samples best-first: ``scores[q, j]`` is the score of ``ids[q, j]``; id -1 pads."""
 
     scores: np.ndarray  # (m, k) float32
     ids: np.ndarray  # (m, k) int64
@@ -95,13 +95,11 @@ def _merge(cur_s: torch.Tensor, cur_i: torch.Tensor, s: torch.Tensor, ids: torch
 
 
 def _ranked(s: torch.Tensor, i: torch.Tensor) -> Ranked:
+    """Where a query has fewer than k candidates (a tiny store, itself excluded), the tail is id -1."""
     import torch
 
     finite = torch.isfinite(s)
-    if not bool(finite.all()):  # fewer candidates than k (tiny stores): keep the finite part
-        keep = int(finite.sum(1).min())
-        s, i = s[:, :keep], i[:, :keep]
-    return Ranked(s.numpy().astype(np.float32), i.numpy().astype(np.int64))
+    return Ranked(s.numpy().astype(np.float32), torch.where(finite, i, -1).numpy().astype(np.int64))
 
 
 def pair_scores(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,20 @@ class StoreError(RuntimeError):
 
 @dataclass
 class ShardWriter:
-    """Fills one shard's rows in any order; resumable through the done-bitmap."""
+    """Fills one shard's rows in any order; resumable through the done-bitmap.
+
+    The bitmap is saved (after the rows are flushed) at most every ``checkpoint_seconds``, so an
+    interruption loses at most that much work and never marks an unwritten row done.
+    """
 
     store: GradientStore
     name: str
     ids: np.ndarray
+    fingerprint: str = ""
+    checkpoint_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        self._last_save = time.monotonic()
         dim = self.store.dim
         self._partial = self.store.root / f"{self.name}.f16.partial"
         self._done_path = self.store.root / f"{self.name}.done.npy"
@@ -68,13 +76,20 @@ class ShardWriter:
         return np.flatnonzero(~self.done)
 
     def write(self, rows: np.ndarray, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float32)
-        if not np.isfinite(values).all():
-            raise FloatingPointError(f"shard {self.name}: non-finite gradient in rows {rows[~np.isfinite(values).all(1)][:5]}")
-        self._mm[rows] = values.astype(np.float16)
-        self._mm.flush()
+        with np.errstate(over="ignore"):
+            values = np.asarray(values, dtype=np.float32).astype(np.float16)
+        bad = ~np.isfinite(values).all(1)
+        if bad.any():  # checked after the cast: a value beyond fp16's range would be stored as inf
+            raise FloatingPointError(f"shard {self.name}: non-finite or fp16-overflowing gradient in rows {rows[bad][:5]}")
+        self._mm[rows] = values
         self.done[rows] = True
+        if time.monotonic() - self._last_save >= self.checkpoint_seconds:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        self._mm.flush()
         self._save_done()
+        self._last_save = time.monotonic()
 
     def _save_done(self) -> None:
         with atomic_path(self._done_path) as tmp:
@@ -89,7 +104,7 @@ class ShardWriter:
         final = self.store.root / f"{self.name}.f16"
         os.replace(self._partial, final)
         self._done_path.unlink(missing_ok=True)
-        self.store._register(self.name, len(self.ids))
+        self.store._register(self.name, len(self.ids), self.fingerprint)
         return final
 
 
@@ -130,14 +145,16 @@ class GradientStore:
     def save(self) -> None:
         write_json(self.root / MANIFEST, self.manifest)
 
-    def has_shard(self, name: str) -> bool:
-        return name in self.manifest["shards"] and (self.root / f"{name}.f16").exists()
+    def has_shard(self, name: str, fingerprint: str = "") -> bool:
+        """A finished shard whose rows came from the same samples and tokens (``fingerprint``)."""
+        entry = self.manifest["shards"].get(name)
+        return entry is not None and entry.get("fingerprint", "") == fingerprint and (self.root / f"{name}.f16").exists()
 
-    def writer(self, name: str, ids: np.ndarray) -> ShardWriter:
-        return ShardWriter(self, name, np.asarray(ids, dtype=np.int64))
+    def writer(self, name: str, ids: np.ndarray, fingerprint: str = "", checkpoint_seconds: float = 10.0) -> ShardWriter:
+        return ShardWriter(self, name, np.asarray(ids, dtype=np.int64), fingerprint, checkpoint_seconds)
 
-    def _register(self, name: str, rows: int) -> None:
-        self.manifest["shards"][name] = {"rows": rows, "file": f"{name}.f16", "ids": f"{name}.ids.npy"}
+    def _register(self, name: str, rows: int, fingerprint: str) -> None:
+        self.manifest["shards"][name] = {"rows": rows, "file": f"{name}.f16", "ids": f"{name}.ids.npy", "fingerprint": fingerprint}
         self.save()
 
     def retain(self, names: list[str]) -> list[str]:
@@ -182,11 +199,9 @@ class GradientStore:
 
     def lookup(self, sample_ids: np.ndarray) -> np.ndarray:
         """float32 rows for the given sample ids (repeats allowed); KeyError names the missing ones."""
-        sample_ids, inverse = np.unique(np.asarray(sample_ids, dtype=np.int64), return_inverse=True)
-        order = np.argsort(sample_ids)
-        sorted_ids = sample_ids[order]
-        out = np.zeros((len(sample_ids), self.dim), dtype=np.float32)
-        found = np.zeros(len(sample_ids), dtype=bool)
+        sorted_ids, inverse = np.unique(np.asarray(sample_ids, dtype=np.int64), return_inverse=True)
+        out = np.zeros((len(sorted_ids), self.dim), dtype=np.float32)
+        found = np.zeros(len(sorted_ids), dtype=bool)
         for name in self.shard_names:
             ids = self.ids(name)
             if not len(sorted_ids) or not len(ids):
@@ -194,11 +209,11 @@ class GradientStore:
             pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
             hit = sorted_ids[pos] == ids
             if hit.any():
-                dst = order[pos[hit]]
+                dst = pos[hit]
                 out[dst] = self.rows(name)[np.flatnonzero(hit)]
                 found[dst] = True
         if not found.all():
-            raise KeyError(f"sample ids not in the gradient store: {sample_ids[~found][:5].tolist()}")
+            raise KeyError(f"sample ids not in the gradient store: {sorted_ids[~found][:5].tolist()}")
         return out[inverse]
 
     def nbytes(self) -> int:

@@ -96,7 +96,8 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     try:
         groups = _training_groups(con)
         data, ceiling, teacher_recall = load_eval_set(con, cfg.k)
-        run_row = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed FROM runs").fetchone()
+        run_row = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed FROM runs "
+                              "ORDER BY created_at DESC LIMIT 1").fetchone()
     finally:
         con.close()
     teacher_run, model_hash, dataset_version, projection, dim, proj_seed = run_row

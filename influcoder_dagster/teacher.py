@@ -75,7 +75,9 @@ class ScoreRows:
     kind: list[str] = field(default_factory=list)
 
     def add(self, query_id: str, ids: np.ndarray, scores: np.ndarray, kind: str, ascending: bool = False) -> None:
-        """Rows ranked 1.. by score, descending (``ascending`` for bottom lists: most negative first)."""
+        """Rows ranked 1.. by score, descending (``ascending`` for bottom lists: most negative first); id -1 is padding."""
+        keep = np.asarray(ids) >= 0
+        ids, scores = np.asarray(ids)[keep], np.asarray(scores)[keep]
         order = np.argsort(scores if ascending else -scores, kind="stable")
         self.query_id += [query_id] * len(ids)
         self.sample_id += [int(x) for x in np.asarray(ids)[order]]

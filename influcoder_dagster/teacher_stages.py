@@ -52,7 +52,7 @@ def dataset_files(cfg: Config) -> tuple[Path, Path | None]:
 def read_shards(cfg: Config) -> tuple[list[Shard], str]:
     path, _ = dataset_files(cfg)
     shards = read_dataset(path, cfg.dataset.text_field, cfg.dataset.max_chars, cfg.dataset.min_chars)
-    return shards, dataset_version(shards, cfg.dataset.text_field, cfg.dataset.max_chars)
+    return shards, dataset_version(shards, cfg.dataset.text_field, cfg.dataset.max_chars, cfg.dataset.min_chars)
 
 
 def run_base_model(cfg: Config) -> StageResult:
@@ -127,11 +127,12 @@ def run_projected_gradients(cfg: Config, progress: bool = True) -> StageResult:
     extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)
     computed, reused, started = 0, 0, time.perf_counter()
     for name in sorted(corpus["shards"]):
-        if store.has_shard(name):
+        table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
+        fingerprint = shard_fingerprint(table)
+        if store.has_shard(name, fingerprint):
             reused += store.manifest["shards"][name]["rows"]
             continue
-        table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
-        writer = store.writer(name, table.column("sample_id").to_numpy())
+        writer = store.writer(name, table.column("sample_id").to_numpy(), fingerprint)
         seqs = table.column("input_ids").to_pylist()
         missing = writer.missing_rows()
         batches = list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size))
@@ -151,6 +152,15 @@ def run_projected_gradients(cfg: Config, progress: bool = True) -> StageResult:
     }, _short_hash(store.root.name, corpus["dataset_version"]))
 
 
+def shard_fingerprint(table: Any) -> str:
+    """Hash of a shard's sample ids and token ids: a finished shard is reused only if both are unchanged
+    (a file's bytes alone are not enough: cross-file duplicates, min_chars or max_length change its rows)."""
+    h = hashlib.sha256(table.column("sample_id").to_numpy().tobytes())
+    for ids in table.column("input_ids").to_pylist():
+        h.update(np.asarray(ids, dtype=np.int32).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
 def open_store(paths: Paths) -> Any:
     from .store import GradientStore
 
@@ -167,7 +177,7 @@ def read_queries(path: Path | None, text_field: str = "text") -> list[dict[str, 
     if path is None:
         return []
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):  # not splitlines(): U+2028 may sit in a string
         if not line.strip():
             continue
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path, read_json, write_json
-from .corpus import Shard
+from .corpus import QuarantineRow, Shard
 from .decoder import tokenize_for_loss
 
 if TYPE_CHECKING:
@@ -37,6 +37,22 @@ def tokenize_shard(shard: Shard, tokenizer: PreTrainedTokenizerBase, max_length:
         "shard": pa.array([shard.name] * len(texts), pa.string()),
         "dataset_version": pa.array([dataset_version] * len(texts), pa.string()),
     })
+
+
+def _quarantine_short(shard: Shard, table: pa.Table) -> pa.Table:
+    """A sample of fewer than 2 tokens (e.g. a lone special token) has no next-token loss: quarantine it."""
+    import pyarrow.compute as pc
+
+    short = pc.less(table.column("n_tokens"), 2)
+    if not pc.any(short).as_py():
+        return table
+    gone = set(table.filter(short).column("sample_id").to_pylist())
+    for s in shard.samples:
+        if s.sample_id in gone:
+            shard.quarantine.append(QuarantineRow(s.source, s.row, "fewer than 2 tokens: nothing to predict", s.text[:120]))
+    shard.samples = [s for s in shard.samples if s.sample_id not in gone]
+    shard.quarantine.sort(key=lambda q: q.row)
+    return table.filter(pc.invert(short))
 
 
 def quarantine_table(shards: list[Shard], dataset_version: str) -> pa.Table:
@@ -68,7 +84,7 @@ def write_corpus(root: Path, shards: list[Shard], tokenizer: PreTrainedTokenizer
     provenance = {"dataset_version": dataset_version, "base_model_hash": model_hash}
     entries = {}
     for shard in shards:
-        table = tokenize_shard(shard, tokenizer, max_length, dataset_version)
+        table = _quarantine_short(shard, tokenize_shard(shard, tokenizer, max_length, dataset_version))
         _write_parquet(table, root / f"{shard.name}.parquet", provenance)
         entries[shard.name] = {
             "source": shard.source, "content_hash": shard.content_hash, "rows_read": shard.rows_read,

@@ -58,18 +58,14 @@ def local_lm(tmp_path_factory, tiny_lm):
 @pytest.fixture(scope="session")
 def pipeline_home(tmp_path_factory):
     """Materialize every asset once, in process, with real DuckDB, MLflow (sqlite) and FAISS files."""
-    from influcoder_dagster.runner import failure_messages, materialization_metadata, materialize, only_gate_failed
+    from influcoder_dagster.runner import failure_messages, materialize_with_gate
 
     home = tmp_path_factory.mktemp("influcoder_home")
     config = home / "influcoder.toml"
     config.write_text(f'home = "{home}"\n' + TINY_CONFIG)
     old = os.environ.pop("INFLUCODER_HOME", None)
     try:
-        result = materialize(str(config), home)
-        meta = materialization_metadata(result)
-        if only_gate_failed(result):
-            result = materialize(str(config), home, ["embedding_index"])
-            meta.update(materialization_metadata(result))
+        result, meta, _ = materialize_with_gate(str(config), home)
         assert result.success, failure_messages(result)
     finally:
         if old is not None:

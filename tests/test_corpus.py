@@ -71,3 +71,21 @@ def test_ids_are_stable_content_hashes_and_the_version_follows_the_content(tmp_p
     assert v1 == dataset_version(read_dataset(tmp_path), "text", 100)
     write_lines(tmp_path / "a.jsonl", [json.dumps({"text": "two"}).encode()])
     assert dataset_version(read_dataset(tmp_path), "text", 100) != v1
+
+
+def test_equal_files_in_two_folders_stay_two_shards(tmp_path):
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        write_lines(tmp_path / d / "train.jsonl", [json.dumps({"text": "same line"}).encode()])
+    a, b = read_dataset(tmp_path)
+    assert a.name != b.name and a.name.startswith("d1_train") and b.name.startswith("d2_train")
+    assert len(a.samples) == 1 and [q.reason.split(" of ")[0] for q in b.quarantine] == ["duplicate"]
+
+
+def test_csv_with_a_bom_a_multiline_record_and_a_huge_field(tmp_path):
+    big = "y" * 200_000
+    (tmp_path / "e.csv").write_bytes(("\ufefftext,src\n\"first\nsecond\",x\nplain,y\n" + big + ",z\n").encode("utf-8"))
+    (shard,) = read_dataset(tmp_path / "e.csv", max_chars=300_000)
+    assert [(s.row, s.text) for s in shard.samples] == [(2, "first\nsecond"), (4, "plain"), (5, big)]
+    (shard,) = read_dataset(tmp_path / "e.csv", max_chars=1000)
+    assert [q.row for q in shard.quarantine] == [5] and shard.quarantine[0].reason.startswith("over-long")

@@ -31,3 +31,14 @@ def test_loss_tokens_start_with_bos_and_after_the_prompt(tiny_lm):
 def test_a_folder_that_is_not_a_model_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a Hugging Face model folder"):
         load_decoder(tmp_path)
+
+
+def test_the_loss_starts_at_the_prompt_boundary_even_when_bpe_merges_across_it(tiny_lm):
+    _, tok = tiny_lm
+    text = "sample number 12 talks about topic 5"
+    for prompt in ("sample number 1", "sample num", "sample number 12 "):
+        (e,) = tokenize_for_loss(tok, [text], 64, [prompt])
+        completion = tok.decode(e.input_ids[e.loss_start:])
+        prefix = tok.decode(e.input_ids[1 : e.loss_start])
+        # the tokens left out of the loss hold prompt characters only; every completion character is in the loss
+        assert prefix + completion == text and len(prefix) <= len(prompt), (prompt, prefix, completion)

@@ -38,6 +38,12 @@ def test_k_larger_than_the_store_returns_everything():
     assert sorted(top.ids[0].tolist()) == [1, 2, 3]
 
 
+def test_one_query_excluding_itself_does_not_shorten_another_querys_list():
+    g = np.eye(5, dtype=np.float16)
+    top, _ = stream_topk(np.ones((2, 5), dtype=np.float32), blocks(np.arange(5), g, 5), k=5, exclude_ids=np.array([0, -1]))
+    assert (top.ids[0] >= 0).sum() == 4 and (top.ids[1] >= 0).sum() == 5
+
+
 def test_pair_and_full_scores_are_cosines():
     rng = np.random.default_rng(1)
     q, g = rng.standard_normal((3, 6)), rng.standard_normal((4, 6))

@@ -23,3 +23,26 @@ def test_a_local_model_folder_is_used_as_is_and_gradients_are_not_recomputed(tmp
     again = teacher_stages.run_projected_gradients(cfg, progress=False)
     assert first.metadata["rows_computed"] == 30 and again.metadata["rows_computed"] == 0
     assert again.metadata["rows_reused"] == 30 and again.data_version == first.data_version
+
+
+def test_a_duplicate_moving_between_files_is_recomputed_not_reused(tmp_path, local_lm):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text(json.dumps({"text": "shared sample number 1"}) + "\n")
+    (data / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["shared sample number 1", "only in b topic 2"]))
+    cfg = Config.model_validate({"home": str(tmp_path / "home"), "dataset": {"path": str(data)},
+                                 "model": {"base_model": str(local_lm), "max_length": 32}, "projection": {"dim": 128}})
+    for stage in (teacher_stages.run_base_model, teacher_stages.run_tokenized_corpus):
+        stage(cfg)
+    assert teacher_stages.run_projected_gradients(cfg, progress=False).metadata["rows"] == 2
+    (data / "a.jsonl").unlink()  # b's bytes are unchanged, but b now keeps the shared sample
+    teacher_stages.run_tokenized_corpus(cfg)
+    again = teacher_stages.run_projected_gradients(cfg, progress=False)
+    assert again.metadata["rows"] == 2 and again.metadata["rows_computed"] == 2
+
+
+def test_queries_may_hold_a_line_separator_inside_a_string(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"text": "one\u2028two", "prompt": "one"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    (q,) = teacher_stages.read_queries(path)
+    assert q["text"] == "one\u2028two" and q["prompt"] == "one"

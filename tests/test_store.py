@@ -26,8 +26,10 @@ def test_write_finish_read_and_lookup(tmp_path):
 def test_an_interrupted_shard_resumes_without_recomputing_done_rows(tmp_path):
     store = GradientStore.create(tmp_path, PROJ, "m")
     ids = np.arange(10, dtype=np.int64) + 100
-    w = store.writer("s", ids)
+    w = store.writer("s", ids, checkpoint_seconds=0)
     w.write(np.array([0, 1, 2]), np.ones((3, 8)))
+    w.checkpoint_seconds = 3600
+    w.write(np.array([3, 4]), np.ones((2, 8)))  # written, but not yet checkpointed
     del w  # the process dies here: no finish()
     assert not store.has_shard("s")
     w2 = GradientStore.open(store.root).writer("s", ids)
@@ -43,7 +45,7 @@ def test_an_interrupted_shard_resumes_without_recomputing_done_rows(tmp_path):
 
 def test_different_ids_restart_the_shard_and_other_models_get_their_own_store(tmp_path):
     store = GradientStore.create(tmp_path, PROJ, "m")
-    store.writer("s", np.array([1, 2])).write(np.array([0]), np.ones((1, 8)))
+    store.writer("s", np.array([1, 2]), checkpoint_seconds=0).write(np.array([0]), np.ones((1, 8)))
     assert store.writer("s", np.array([1, 3])).missing_rows().tolist() == [0, 1]
     assert GradientStore.create(tmp_path, PROJ, "other-model").root != store.root
     assert GradientStore.create(tmp_path, {**PROJ, "seed": 1}, "m").root != store.root
@@ -64,3 +66,13 @@ def test_non_finite_gradients_are_refused(tmp_path):
     w = GradientStore.create(tmp_path, PROJ, "m").writer("s", np.array([1]))
     with pytest.raises(FloatingPointError):
         w.write(np.array([0]), np.full((1, 8), np.nan))
+    with pytest.raises(FloatingPointError, match="overflowing"):
+        w.write(np.array([0]), np.full((1, 8), 1e5))  # beyond fp16's range
+
+
+def test_a_finished_shard_is_reused_only_for_the_same_fingerprint(tmp_path):
+    store = GradientStore.create(tmp_path, PROJ, "m")
+    w = store.writer("s", np.array([1]), fingerprint="abc")
+    w.write(np.array([0]), np.ones((1, 8)))
+    w.finish()
+    assert store.has_shard("s", "abc") and not store.has_shard("s", "other-rows-or-tokens")
