@@ -29,7 +29,7 @@ def test_every_asset_is_wired_with_lineage():
     assert parents("influcoder_encoder") == {"influence_rankings"}
     assert "influcoder_encoder" in parents("embedding_index")
     assert defs.resolve_job_def("reindex") is not None
-    assert {s.name for s in defs.schedules} == {"nightly_reindex"}
+    assert {s.name for s in defs.schedules} == {"nightly_reindex", "weekly_retrain"}
 
 
 def test_the_rankings_writer_runs_in_the_single_writer_pool():
@@ -45,3 +45,27 @@ def test_the_nightly_schedule_requests_the_reindex_job():
     ctx = dg.build_schedule_context()
     data = nightly_reindex.evaluate_tick(ctx)
     assert nightly_reindex.job_name == "reindex" and len(data.run_requests) == 1
+
+
+def test_the_sensor_requests_a_refresh_only_when_watched_files_change(tmp_path):
+    import json
+
+    from influcoder_dagster.automation import dataset_sensor
+    from influcoder_dagster.resources import InflucoderConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text(json.dumps({"text": "one"}) + "\n")
+    config = tmp_path / "c.toml"
+    config.write_text('[dataset]\npath = "data"\n')
+    resources = {"influcoder": InflucoderConfig(config_path=str(config))}
+    first = dataset_sensor(dg.build_sensor_context(resources=resources))
+    assert len(first.run_requests) == 1 and first.run_requests[0].tags["influcoder/added"] == "1"
+    quiet = dataset_sensor(dg.build_sensor_context(cursor=first.cursor, resources=resources))
+    assert isinstance(quiet, dg.SkipReason)
+    (data / "b.jsonl").write_text(json.dumps({"text": "two"}) + "\n")
+    (data / "a.jsonl").unlink()
+    again = dataset_sensor(dg.build_sensor_context(cursor=first.cursor, resources=resources))
+    tags = again.run_requests[0].tags
+    assert (tags["influcoder/added"], tags["influcoder/removed"]) == ("1", "1")
+    assert again.run_requests[0].run_key != first.run_requests[0].run_key
