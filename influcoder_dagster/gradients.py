@@ -46,8 +46,6 @@ class GradientExtractor:
     """Projected per-sample gradients for batches of :class:`Encoded` samples."""
 
     def __init__(self, model: PreTrainedModel, spec: ProjectionSpec, pad_token_id: int) -> None:
-        import torch
-
         self.model = model.eval()
         self.spec = spec
         self.projector = Projector(spec)

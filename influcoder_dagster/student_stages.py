@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import dir_size, read_json, write_json
+from .atomic import dir_size, write_json
 from .config import Config
 from .paths import Paths
 from .teacher_stages import StageResult, planted_members

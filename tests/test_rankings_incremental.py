@@ -59,7 +59,7 @@ def test_adding_then_removing_a_file_matches_full_rebuilds(tmp_path, local_lm):
     assert added.metadata["mode"] == "incremental" and len(added.metadata["shards_added"]) == 1
     # only anchors on the new file are scored in full; everything else is merged with the new rows
     assert added.metadata["queries_scored_in_full"] == added.metadata["anchors_train"] + added.metadata["anchors_heldout"] - grown.metadata["anchors_train"] - grown.metadata["anchors_heldout"]
-    full = build(tmp_path / "full", tmp_path / "full-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm)
+    build(tmp_path / "full", tmp_path / "full-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm)
     inc_lists, inc_samples = lists(tmp_path / "inc")
     full_lists, full_samples = lists(tmp_path / "full")
     assert inc_samples == full_samples
