@@ -48,7 +48,6 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from influcoder_dagster.atomic import read_json
-    from influcoder_dagster.config import load_config
     from influcoder_dagster.decoder import load_decoder, tokenize_for_loss
     from influcoder_dagster.gradients import GradientExtractor
     from influcoder_dagster.index import build_index, save_index, search
@@ -56,7 +55,7 @@ def main() -> None:
     from influcoder_dagster.projection import ProjectionSpec
     from influcoder_dagster.scoring import full_scores, stream_topk
     from influcoder_dagster.store import GradientStore
-    from influcoder_dagster.teacher_stages import dataset_files, read_queries
+    from influcoder_dagster.rankings_db import connect_readonly
     from influcoder_dagster.tokenized import read_corpus
 
     paths = Paths(Path(args.home).resolve())
@@ -70,8 +69,9 @@ def main() -> None:
     real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
     real_emb = encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
     real_rows = real_store.lookup(real_ids)
-    cfg = load_config()
-    probes = [q["text"] for q in read_queries(dataset_files(cfg.model_copy(update={"home": str(paths.home)}))[1])]
+    con = connect_readonly(paths.home)
+    probes = [t for (t,) in con.execute("SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
+    con.close()
     queries = (probes + texts[::max(1, len(texts) // 30)])[:30]
     rng = np.random.default_rng(0)
     results = []
