@@ -54,7 +54,7 @@ def anchor_query_id(sample_id: int) -> str:
 def eval_pool(sample_ids: np.ndarray, splits: np.ndarray, anchors: set[int], size: int, seed: int) -> np.ndarray:
     """Up to ``size`` held-out, non-anchor samples (lowest hash first) that held-out anchors are scored against."""
     ids = np.asarray(sample_ids, dtype=np.int64)
-    keep = (splits == "heldout") & np.array([int(s) not in anchors for s in ids], dtype=bool)
+    keep = (splits == "heldout") & ~np.isin(ids, np.fromiter(anchors, dtype=np.int64, count=len(anchors)))
     cand = ids[keep]
     return np.sort(cand[np.argsort(_bucket(cand, 2 + seed), kind="stable")[:size]])
 

@@ -154,9 +154,10 @@ def run_projected_gradients(cfg: Config, progress: bool = True) -> StageResult:
 def shard_fingerprint(table: Any) -> str:
     """Hash of a shard's sample ids and token ids: a finished shard is reused only if both are unchanged
     (a file's bytes alone are not enough: cross-file duplicates, min_chars or max_length change its rows)."""
+    tokens = table.column("input_ids").combine_chunks()
     h = hashlib.sha256(table.column("sample_id").to_numpy().tobytes())
-    for ids in table.column("input_ids").to_pylist():
-        h.update(np.asarray(ids, dtype=np.int32).tobytes() + b"|")
+    h.update(tokens.offsets.to_numpy().astype(np.int64).tobytes())  # where each sample's tokens start
+    h.update(tokens.flatten().to_numpy().astype(np.int32).tobytes())
     return h.hexdigest()[:16]
 
 
