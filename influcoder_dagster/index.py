@@ -10,6 +10,7 @@ naming the current file; both are replaced atomically, so a reader loads a consi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def save_index(index: Any, root: Path, manifest: dict[str, Any]) -> Path:
     import faiss
 
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{manifest['encoder_version']}-{manifest['dataset_version']}.faiss"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest['encoder_version']}-{manifest['dataset_version']}") + ".faiss"
     with atomic_path(root / name) as tmp:
         faiss.write_index(index, str(tmp))
     write_json(root / "manifest.json", {**manifest, "file": name, "count": int(index.ntotal), "kind": index_kind(index)})
