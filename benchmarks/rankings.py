@@ -82,6 +82,7 @@ def _bound(root: str, queries: np.ndarray, k: int, n_rows: int, out: mp.Queue) -
 
 
 def run_in_process(fn, *args) -> dict:
+    """Run ``fn(*args, queue)`` in a fresh (spawned) process and return what it puts on the queue."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     p = ctx.Process(target=fn, args=(*args, out))

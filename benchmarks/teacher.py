@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.rankings import peak_rss_mb  # noqa: E402
+from benchmarks.rankings import peak_rss_mb, run_in_process  # noqa: E402
 
 PEERS = {name: {"error": "not installed in this benchmark environment yet"} for name in ("trak", "logix", "kronfluence", "dattri")}
 
@@ -109,16 +109,6 @@ def method(name: str, home: str | None, model_dir: str | None, n: int, dim: int,
     out.put(result)
 
 
-def run(name: str, home: str | None, model_dir: str | None, n: int, dim: int) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=method, args=(name, home, model_dir, n, dim, q))
-    p.start()
-    r = q.get()
-    p.join()
-    return r
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="use the base model of this storage root (after `influcoder demo`)")
@@ -137,18 +127,19 @@ def main() -> None:
     spec = projection_for(model, "logra", args.dim, seed=0)
     n_params = sum(m.d_in * m.d_out for m in spec.modules)
     truth = None
-    if n_params * 48 * 4 < 4 * 2**30:  # the exact gradients of 48 samples must fit in memory
-        exact, _ = exact_and_projected(model, Projector(spec), tokenize_for_loss(tok, texts[:48], 128), [m.name for m in spec.modules], True)
+    n_exact = min(48, args.n)
+    if n_params * n_exact * 4 < 4 * 2**30:  # the exact gradients must fit in memory
+        exact, _ = exact_and_projected(model, Projector(spec), tokenize_for_loss(tok, texts[:n_exact], 128), [m.name for m in spec.modules], True)
         unit = exact / np.linalg.norm(exact, axis=1, keepdims=True)
-        truth = unit[:16] @ unit.T
+        truth = unit[: min(16, n_exact)] @ unit.T
     del model
 
-    rows = {name: run(name, args.home, args.model, args.n, args.dim) for name in ("ours", "train_step", "per_sample_loop")}
+    rows = {name: run_in_process(method, name, args.home, args.model, args.n, args.dim) for name in ("ours", "train_step", "per_sample_loop")}
     for r in rows.values():
         grads = r.pop("grads", None)
         if grads is not None and truth is not None:
             gu = grads / np.linalg.norm(grads, axis=1, keepdims=True)
-            r["spearman"] = float(per_query_spearman(truth, gu[:16] @ gu.T).mean())
+            r["spearman"] = float(per_query_spearman(truth, gu[: len(truth)] @ gu[:n_exact].T).mean())
     limit = rows["train_step"]["samples_per_s"]
     print(f"\n{args.n} samples, {len(spec.modules)} layers ({n_params:,} weights), projection dim {spec.dim}")
     print(f"{'method':<18}{'samples/s':>12}{'vs train step':>15}{'spearman':>10}{'peak RSS MB':>13}")

@@ -6,13 +6,12 @@ that hash is part of every downstream artifact's provenance.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import hash_files
+from .atomic import atomic_dir, hash_files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -109,12 +108,14 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
         delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    return save_model(model, tokenizer, out_dir)
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
+    """A Hugging Face model folder (safetensors + tokenizer), written atomically."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return out_dir
 
 
@@ -185,13 +186,7 @@ def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progre
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update()
     model.eval()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    return save_model(model, tokenizer, out_dir)
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[Any, Any]:

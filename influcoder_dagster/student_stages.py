@@ -169,9 +169,8 @@ def _champion_spearman(name: str, version: str) -> float | None:
 
 def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     """Embed the corpus with the champion and index it; with the same encoder, only new and removed samples change."""
-    import shutil
-
     from . import tracking
+    from .atomic import atomic_dir
     from .distill import encode, load_encoder
     from .index import IndexError_, build_index, load_index, save_index, sync_index
     from .tokenized import read_corpus, read_manifest
@@ -204,11 +203,8 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     if added is None:  # another encoder, no index yet, or an index kind that cannot delete: rebuild
         index = build_index(embed(ids), ids, cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m, cfg.index.nprobe)
         added, removed = len(ids), 0
-        tmp = paths.index_encoder.with_name("encoder.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save(str(tmp))
-        shutil.rmtree(paths.index_encoder, ignore_errors=True)
-        tmp.rename(paths.index_encoder)
+        with atomic_dir(paths.index_encoder) as tmp:
+            model.save(str(tmp))
     seconds = time.perf_counter() - started
     path = save_index(index, paths.index, {
         "encoder_name": name, "encoder_version": encoder_version, "dataset_version": manifest["dataset_version"],
