@@ -76,10 +76,9 @@ def exact_and_projected(model, projector, enc, names, with_exact: bool):
 
 
 def method(name: str, home: str | None, model_dir: str | None, n: int, dim: int, out: mp.Queue) -> None:
-    import torch
 
-    from influcoder_dagster.decoder import tokenize_for_loss
-    from influcoder_dagster.gradients import GradientExtractor, compute_gradients, length_sorted_batches, projection_for
+    from influcoder_dagster.decoder import length_sorted_batches, pad_batch, tokenize_for_loss
+    from influcoder_dagster.gradients import GradientExtractor, compute_gradients, projection_for
 
     model, tok, texts = load(home, model_dir)
     enc = tokenize_for_loss(tok, texts[:n], 128)
@@ -90,12 +89,7 @@ def method(name: str, home: str | None, model_dir: str | None, n: int, dim: int,
     elif name == "train_step":
         model.zero_grad()
         for batch in length_sorted_batches([len(e.input_ids) for e in enc], 16):
-            width = max(len(enc[i].input_ids) for i in batch)
-            ids = torch.full((len(batch), width), tok.pad_token_id)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, i in enumerate(batch):
-                ids[j, : len(enc[i].input_ids)] = torch.tensor(enc[i].input_ids)
-                mask[j, : len(enc[i].input_ids)] = 1
+            ids, mask = pad_batch([enc[i].input_ids for i in batch], tok.pad_token_id)
             model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
         grads = None
     else:

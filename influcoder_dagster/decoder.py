@@ -6,7 +6,7 @@ that hash is part of every downstream artifact's provenance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,8 +165,7 @@ def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progre
     )
     model = GPT2LMHeadModel(config)
     enc = [e.input_ids for e in tokenize_for_loss(tokenizer, texts, cfg.max_length)]
-    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = list(length_sorted_batches([len(e) for e in enc], cfg.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     total = cfg.epochs * len(batches)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
@@ -175,7 +174,7 @@ def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progre
     with tqdm(total=total, desc="train tiny decoder", disable=not progress) as bar:
         for _ in range(cfg.epochs):
             for b in torch.randperm(len(batches), generator=gen).tolist():
-                ids, mask = _pad([enc[i] for i in batches[b]], tokenizer.pad_token_id)
+                ids, mask = pad_batch([enc[i] for i in batches[b]], tokenizer.pad_token_id)
                 labels = ids.masked_fill(mask == 0, -100)
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
@@ -189,7 +188,15 @@ def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progre
     return save_model(model, tokenizer, out_dir)
 
 
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of similar length, so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """Right-padded (B, T) token ids and the matching attention mask."""
     import torch
 
     width = max(len(s) for s in seqs)

@@ -10,10 +10,10 @@ are masked out of both the loss and the inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .decoder import Encoded
+from .decoder import Encoded, length_sorted_batches, pad_batch
 from .projection import ProjectionSpec, Projector, plan_projection
 
 if TYPE_CHECKING:
@@ -78,17 +78,12 @@ class GradientExtractor:
         import torch
         import torch.nn.functional as F
 
-        width = max(len(s.input_ids) for s in samples)
-        ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(samples), width), dtype=torch.long)
-        loss_mask = torch.zeros((len(samples), width), dtype=torch.float32)
-        for i, s in enumerate(samples):
-            n = len(s.input_ids)
-            if n < 2:
-                raise ValueError("a sample needs at least 2 tokens to have a next-token loss")
-            ids[i, :n] = torch.tensor(s.input_ids)
-            mask[i, :n] = 1
-            loss_mask[i, max(s.loss_start, 1) : n] = 1.0  # token t is predicted from position t-1
+        if min(len(s.input_ids) for s in samples) < 2:
+            raise ValueError("a sample needs at least 2 tokens to have a next-token loss")
+        ids, mask = pad_batch([s.input_ids for s in samples], self.pad_token_id)
+        width = ids.shape[1]
+        starts = torch.tensor([max(s.loss_start, 1) for s in samples])[:, None]  # token t is predicted from t-1
+        loss_mask = (mask.bool() & (torch.arange(width)[None, :] >= starts)).float()
         self._mask = mask[..., None].float()
         handles = [mod.register_forward_hook(self._hook(name)) for name, mod in self._tracked.items()]
         handles.append(self.model.get_input_embeddings().register_forward_hook(self._embed_hook))
@@ -120,13 +115,6 @@ class GradientExtractor:
             self._inputs.clear()
             self._outputs.clear()
             self._mask = None
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Index batches of similar length, so little compute goes to padding."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
 
 
 def compute_gradients(

@@ -26,7 +26,7 @@ from .config import Config
 from .paths import Paths
 from .teacher_stages import (
     StageResult,
-    _short_hash,
+    short_hash,
     base_model_record,
     dataset_files,
     open_store,
@@ -124,7 +124,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     decoder = _Decoder(base["path"], cfg)
 
     shards_now = sorted(manifest["shards"])
-    config_hash = _short_hash(store.root.name, r.model_dump(), cfg.k)
+    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k)
     state = read_state(home)
     prev_shards = json.loads(state["shards"]) if state else []
     rebuild = state is None or state.get("config_hash") != config_hash or (r.precondition and prev_shards != shards_now)
@@ -219,7 +219,8 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
             rows.add(q, pool, s[j], "eval")
             rows.add(q, pool, s2[j], "eval_ceiling")
 
-    run_id = _short_hash(config_hash, manifest["dataset_version"], sorted((q, wanted[q]["text"]) for q in wanted), datetime.now(timezone.utc).isoformat())
+    version = short_hash(config_hash, manifest["dataset_version"], sorted((q, wanted[q]["text"]) for q in wanted))
+    run_id = short_hash(version, datetime.now(timezone.utc).isoformat())
     add_mask = np.isin(corpus.column("shard").to_numpy(zero_copy_only=False), added)
     samples = corpus.drop_columns(["input_ids"]).append_column("split", pa.array(splits.tolist(), pa.string())).filter(pa.array(add_mask))
     queries = pa.table({
@@ -259,4 +260,4 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         f"teacher_planted_recall_at_{cfg.k}": teacher_recall, "base_model_hash": base["model_hash"],
         "dataset_version": manifest["dataset_version"], "projection": spec.kind, "dim": spec.dim, "seed": spec.seed,
         "bytes": (home / "rankings.duckdb").stat().st_size,
-    }, _short_hash(config_hash, manifest["dataset_version"], sorted((q, wanted[q]["text"]) for q in wanted)))
+    }, version)

@@ -29,7 +29,7 @@ class StageResult:
     data_version: str
 
 
-def _short_hash(*parts: Any) -> str:
+def short_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -100,7 +100,7 @@ def run_tokenized_corpus(cfg: Config) -> StageResult:
         "shards": len(shards), "rows_read": rows_read, "rows_kept": kept, "rows_quarantined": quarantined,
         "rows_truncated": sum(s["truncated"] for s in manifest["shards"].values()),
         "quarantine_reasons": reasons, "bytes": dir_size(paths.corpus),
-    }, _short_hash(version, base["model_hash"], cfg.model.max_length))
+    }, short_hash(version, base["model_hash"], cfg.model.max_length))
 
 
 # --- projected gradients ------------------------------------------------------------------------
@@ -110,8 +110,8 @@ def run_projected_gradients(cfg: Config, progress: bool = True) -> StageResult:
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from .decoder import Encoded, load_decoder
-    from .gradients import GradientExtractor, length_sorted_batches, projection_for
+    from .decoder import Encoded, length_sorted_batches, load_decoder
+    from .gradients import GradientExtractor, projection_for
     from .store import GradientStore
     from .tokenized import read_manifest
 
@@ -148,7 +148,7 @@ def run_projected_gradients(cfg: Config, progress: bool = True) -> StageResult:
         "shards_dropped": dropped, "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(spec.modules),
         "base_model_hash": base["model_hash"], "dataset_version": corpus["dataset_version"], "bytes": store.nbytes(),
         "bytes_per_sample": store.nbytes() / max(n, 1), "samples_per_s": computed / seconds if computed else None,
-    }, _short_hash(store.root.name, corpus["dataset_version"]))
+    }, short_hash(store.root.name, corpus["dataset_version"]))
 
 
 def shard_fingerprint(table: Any) -> str:
