@@ -1,4 +1,4 @@
-"""The tokenized corpus: validated, quarantined, content-hashed samples in Parquet shards."""
+"""The tokenized corpus: one partition per dataset file, then the manifest that publishes them together."""
 
 import dagster as dg
 
@@ -6,9 +6,22 @@ from influcoder_dagster import teacher_stages
 from influcoder_dagster.resources import InflucoderConfig
 
 from ._wrap import run_stage
+from .partitions import corpus_shards
 
 
-@dg.asset(group_name="teacher", deps=["base_model"], kinds={"parquet"}, code_version="1",
-          description="corpus/<shard>.parquet: sample id, text, token ids, source and row; bad rows in quarantine.parquet.")
-def tokenized_corpus(influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: teacher_stages.run_tokenized_corpus(influcoder.load()))[1]
+@dg.asset(group_name="teacher", deps=["base_model"], partitions_def=corpus_shards, kinds={"parquet"}, code_version="2",
+          automation_condition=dg.AutomationCondition.eager(),
+          description="corpus/<shard>.parquet: one file's validated samples (id, text, token ids, source, row); "
+                      "bad rows in <shard>.quarantine.parquet with the reason.")
+def tokenized_corpus(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
+    return run_stage(lambda: teacher_stages.run_corpus_shard(influcoder.load(), context.partition_key))[1]
+
+
+@dg.asset(group_name="teacher", deps=["tokenized_corpus", "projected_gradients"], kinds={"json"}, code_version="2",
+          automation_condition=dg.AutomationCondition.eager(),
+          description="corpus/manifest.json and the gradient store's manifest: the current shards as one corpus, "
+                      "cross-file duplicates quarantined. Its data version hashes the shards' versions, so lineage "
+                      "reaches the assets below however many partitions there are.")
+def corpus_manifest(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
+    names = context.instance.get_dynamic_partitions(corpus_shards.name)
+    return run_stage(lambda: teacher_stages.run_corpus_manifest(influcoder.load(), sorted(names)))[1]

@@ -7,6 +7,8 @@ from influcoder_dagster.resources import InflucoderConfig
 
 from ._wrap import run_stage
 
+RETRAIN_CRON = "0 3 * * 0"  # weekly: training is the expensive step
+
 QUALITY_GATE = dg.AssetCheckSpec(
     "quality_gate", asset="influcoder_encoder", blocking=True,
     description="The new version beats the untrained encoder, BM25, random and the current champion on held-out Spearman.",
@@ -14,7 +16,7 @@ QUALITY_GATE = dg.AssetCheckSpec(
 
 
 @dg.asset(group_name="student", deps=["influence_rankings"], kinds={"mlflow", "pytorch"}, code_version="1",
-          check_specs=[QUALITY_GATE],
+          check_specs=[QUALITY_GATE], automation_condition=dg.AutomationCondition.on_cron(RETRAIN_CRON),
           description="MiniLM distilled on the teacher's rankings; registered in MLflow, promoted to 'champion' if it passes.")
 def influcoder_encoder(influcoder: InflucoderConfig) -> dg.MaterializeResult:
     result, materialization = run_stage(lambda: student_stages.run_encoder(influcoder.load()))

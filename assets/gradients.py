@@ -1,4 +1,6 @@
-"""Projected per-sample gradients of the base model, one fp16 memmap per shard."""
+"""Projected per-sample gradients of the base model: one partition (one fp16 memmap) per shard."""
+
+import sys
 
 import dagster as dg
 
@@ -6,10 +8,21 @@ from influcoder_dagster import teacher_stages
 from influcoder_dagster.resources import InflucoderConfig
 
 from ._wrap import run_stage
+from .partitions import corpus_shards
 
 
-@dg.asset(group_name="teacher", deps=["tokenized_corpus", "base_model"], kinds={"pytorch", "numpy"}, code_version="1",
-          pool="gradient_store_writer",
-          description="gradients/<key>/: row-major fp16 projected gradients plus manifest; resumable, reuses finished shards.")
-def projected_gradients(influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: teacher_stages.run_projected_gradients(influcoder.load()))[1]
+@dg.asset(group_name="teacher", deps=["tokenized_corpus", "base_model"], partitions_def=corpus_shards,
+          kinds={"pytorch", "numpy"}, code_version="2", automation_condition=dg.AutomationCondition.eager(),
+          description="gradients/<key>/<shard>.f16: row-major fp16 projected gradients of one shard; resumable, "
+                      "reused when the shard's tokens are unchanged. Runs in a subprocess through Dagster Pipes "
+                      "with projection.out_of_process.")
+def projected_gradients(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
+    cfg = influcoder.load()
+    if not cfg.projection.out_of_process:
+        return run_stage(lambda: teacher_stages.run_shard_gradients(cfg, context.partition_key, progress=False))[1]
+    # The same engine call in another process: the pattern for a cluster (swap the client for
+    # dagster-k8s' or dagster-ray's Pipes client; the worker stays as it is).
+    return dg.PipesSubprocessClient().run(
+        command=[sys.executable, "-m", "assets.gradients_worker"], context=context,
+        extras={"config_path": influcoder.config_path},
+    ).get_materialize_result()

@@ -10,8 +10,9 @@ from influcoder_dagster.resources import InflucoderConfig
 from ._wrap import run_stage
 
 
-@dg.asset(group_name="student", deps=["influcoder_encoder", "tokenized_corpus"], kinds={"faiss"}, code_version="1",
-          description="index/*.faiss + manifest: ids are corpus sample ids; built from the MLflow 'champion' encoder.")
+@dg.asset(group_name="student", deps=["influcoder_encoder", "corpus_manifest"], kinds={"faiss"}, code_version="2",
+          automation_condition=dg.AutomationCondition.eager(),
+          description="index/*.faiss + manifest: ids are corpus sample ids; built from the MLflow 'champion' encoder. New samples are added and removed ones dropped in place (cheap, so eager).")
 def embedding_index(influcoder: InflucoderConfig) -> dg.MaterializeResult:
     return run_stage(lambda: student_stages.run_embedding_index(influcoder.load()))[1]
 

@@ -10,8 +10,8 @@ from ._wrap import run_stage
 DUCKDB_WRITER_POOL = "duckdb_writer"
 
 
-@dg.asset(group_name="teacher", deps=["projected_gradients", "tokenized_corpus", "base_model"], kinds={"duckdb"},
-          code_version="1", pool=DUCKDB_WRITER_POOL,
+@dg.asset(group_name="teacher", deps=["corpus_manifest", "base_model"], kinds={"duckdb"},
+          code_version="2", pool=DUCKDB_WRITER_POOL, automation_condition=dg.AutomationCondition.eager(),
           description="rankings.duckdb (+ snapshot, + Parquet): samples, quarantine, queries, scores, runs, views.")
 def influence_rankings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
     return run_stage(lambda: rankings_stage.run_influence_rankings(influcoder.load(), dagster_run_id=context.run_id))[1]

@@ -1,4 +1,9 @@
-"""Jobs, schedules and the sensor that keeps the assets in step with the dataset and the base model."""
+"""Jobs, schedules and the sensor that keeps the shard partitions in step with the dataset and the base model.
+
+Declarative automation does the rest (see the assets' ``automation_condition``): cheap assets
+are eager, so a new shard flows into the manifest, the rankings and the index by itself; the
+encoder retrains on a weekly cron, gated by its blocking quality check.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from .corpus import DatasetError, list_dataset_files
+from assets.partitions import corpus_shards
+
+from .corpus import DatasetError, file_hash, list_dataset_files, shard_name
 from .resources import InflucoderConfig
 
-full_pipeline = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(), description="Every asset, in lineage order.")
+MAX_FILES_HASHED_PER_TICK = 500  # a tick hashes at most this many new or changed files; the rest wait for the next
+
+shards = dg.define_asset_job("shards", selection=dg.AssetSelection.assets("tokenized_corpus", "projected_gradients"),
+                             partitions_def=corpus_shards, description="Tokenize one shard and extract its gradients.")
 refresh = dg.define_asset_job(
-    "refresh", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("influcoder_encoder"),
-    description="Bring corpus, gradients, rankings and index up to date (incremental); the encoder is retrained on its own schedule.",
+    "refresh", selection=dg.AssetSelection.assets("corpus_manifest", "influence_rankings", "embedding_index"),
+    description="Publish the current shards, update the rankings and the index (incremental); no retraining.",
 )
 reindex = dg.define_asset_job("reindex", selection=dg.AssetSelection.assets("embedding_index"),
                               description="Re-embed the corpus with the champion encoder and update the index.")
@@ -26,46 +36,84 @@ weekly_retrain = dg.ScheduleDefinition(job=retrain, cron_schedule="0 3 * * 0", n
                                        default_status=dg.DefaultScheduleStatus.STOPPED)
 
 
-def watched_files(config_path: str | None) -> dict[str, list[int]]:
-    """path -> [size, mtime_ns] of the dataset files, the query file and a local base model's files.
-
-    Only ``stat`` calls: a tick stays cheap on folders with thousands of files; content hashes are
-    the assets' business (an unchanged file keeps its shard and its gradients).
-    """
-    from .config import load_config
-
-    cfg = load_config(config_path)
-    paths: list[Path] = []
-    if cfg.dataset.path:
-        paths += list_dataset_files(cfg.dataset.path)
-    if cfg.dataset.queries_path:
-        paths.append(Path(cfg.dataset.queries_path))
-    if cfg.model.base_model != "tiny":
-        paths += [p for p in Path(cfg.model.base_model).rglob("*") if p.is_file()]
-    out = {}
-    for p in paths:
-        st = p.stat()
-        out[str(p)] = [st.st_size, st.st_mtime_ns]
-    return out
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
-@dg.sensor(job=refresh, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Requests a 'refresh' run when a dataset file, the query file or a local base model's files change.")
+def scan_dataset(dataset: str, previous: dict[str, list], budget: int) -> tuple[dict[str, list], int]:
+    """path -> [size, mtime_ns, shard name] for the dataset's files, hashing only new or changed
+    ones (at most ``budget``); a file over budget keeps its previous entry, or waits if it is new.
+    Returns the entries and how many files were left for the next tick."""
+    root = Path(dataset) if Path(dataset).is_dir() else None
+    out, deferred = {}, 0
+    for f in list_dataset_files(dataset):
+        stat, old = _stat(f), previous.get(str(f))
+        if old and old[:2] == stat:
+            out[str(f)] = old
+        elif budget > 0:
+            budget -= 1
+            out[str(f)] = [*stat, shard_name(f, file_hash(f), root)]
+        else:
+            deferred += 1
+            if old:
+                out[str(f)] = old
+    return out, deferred
+
+
+def _model_stat(base_model: str) -> list:
+    if base_model == "tiny":
+        return ["tiny"]
+    files = sorted(p for p in Path(base_model).expanduser().rglob("*") if p.is_file())
+    return [[str(p), *_stat(p)] for p in files]
+
+
+@dg.sensor(asset_selection=dg.AssetSelection.assets("tokenized_corpus", "projected_gradients", "corpus_manifest",
+                                                    "influence_rankings", "embedding_index"),
+           minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Adds a shard partition per new or changed dataset file and requests its run, deletes the "
+                       "partitions of removed files, re-ranks when the query file changes, and observes the base model.")
 def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderConfig) -> dg.SensorResult | dg.SkipReason:
-    try:
-        state = watched_files(influcoder.config_path)
-    except (DatasetError, FileNotFoundError) as exc:
-        return dg.SkipReason(f"cannot read the dataset: {exc}")
-    if not state:
+    from .teacher_stages import base_model_version
+
+    cfg = influcoder.load()
+    if not cfg.dataset.path:
         return dg.SkipReason("no dataset.path configured: the demo corpus does not change")
-    previous = json.loads(context.cursor) if context.cursor else {}
-    if state == previous:
-        return dg.SkipReason(f"no change in {len(state)} watched files")
-    added = sorted(set(state) - set(previous))
-    removed = sorted(set(previous) - set(state))
-    changed = sorted(p for p in set(state) & set(previous) if state[p] != previous[p])
-    key = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
-    summary = {"added": len(added), "removed": len(removed), "changed": len(changed)}
-    context.log.info(f"dataset changed: {summary}; first paths: {(added + removed + changed)[:5]}")
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=key, tags={f"influcoder/{k}": str(v) for k, v in summary.items()})],
-                           cursor=json.dumps(state, sort_keys=True))
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    try:
+        files, deferred = scan_dataset(cfg.dataset.path, cursor.get("files", {}), MAX_FILES_HASHED_PER_TICK)
+    except DatasetError as exc:
+        return dg.SkipReason(f"cannot read the dataset: {exc}")
+    wanted = {entry[2] for entry in files.values()}
+    existing = set(context.instance.get_dynamic_partitions(corpus_shards.name))
+    added, deleted = sorted(wanted - existing), sorted(existing - wanted)
+
+    requests: list[dg.RunRequest] = [
+        dg.RunRequest(partition_key=key, run_key=key, asset_selection=[dg.AssetKey("tokenized_corpus"), dg.AssetKey("projected_gradients")])
+        for key in added
+    ]
+    queries = cfg.dataset.queries_path
+    queries_stat = _stat(Path(queries)) if queries and Path(queries).exists() else None
+    if deleted and not added:  # nothing new for eager automation to follow: publish the smaller corpus now
+        requests.append(dg.RunRequest(run_key=f"deleted-{hashlib.sha256(''.join(deleted).encode()).hexdigest()[:12]}",
+                                      asset_selection=[dg.AssetKey(k) for k in ("corpus_manifest", "influence_rankings", "embedding_index")]))
+    elif "queries" in cursor and queries_stat != cursor["queries"]:
+        requests.append(dg.RunRequest(run_key=f"queries-{queries_stat}", asset_selection=[dg.AssetKey("influence_rankings")]))
+
+    events = []
+    model_stat = _model_stat(cfg.model.base_model)
+    if model_stat != cursor.get("model_stat"):
+        version = base_model_version(cfg)
+        events.append(dg.AssetObservation(asset_key="base_model_files", tags={"dagster/data_version": version}))
+        context.log.info(f"base model observed: data version {version}")
+    new_cursor = json.dumps({"files": files, "queries": queries_stat, "model_stat": model_stat}, sort_keys=True)
+    if not (added or deleted or requests or events) and new_cursor == context.cursor:
+        return dg.SkipReason(f"no change in {len(files)} dataset files")
+    context.log.info(f"shards: {len(added)} added, {len(deleted)} deleted, {deferred} files left for the next tick")
+    partition_requests = []
+    if added:
+        partition_requests.append(corpus_shards.build_add_request(added))
+    if deleted:
+        partition_requests.append(corpus_shards.build_delete_request(deleted))
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests, asset_events=events,
+                           cursor=new_cursor)

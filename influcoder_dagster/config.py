@@ -52,6 +52,7 @@ class ProjectionConfig(_Section):
     seed: int = 0
     normalize_modules: bool = Field(False, description="unit-normalize each module block before concatenation")
     batch_size: int = 16
+    out_of_process: bool = Field(False, description="extract each shard in its own process through Dagster Pipes")
 
 
 class RankingConfig(_Section):

@@ -74,9 +74,12 @@ def list_dataset_files(path: str | Path) -> list[Path]:
 
 def shard_name(path: Path, content_hash: str, root: Path | None = None) -> str:
     """The file's path under the dataset root (so equal files in two folders stay two shards) plus its content hash."""
+    return f"{shard_stem(path, root)}-{content_hash[:8]}"
+
+
+def shard_stem(path: Path, root: Path | None = None) -> str:
     rel = path.relative_to(root) if root and root != path else Path(path.name)
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", str(rel.with_suffix("")))[-60:].strip("_") or "shard"
-    return f"{stem}-{content_hash[:8]}"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(rel.with_suffix("")))[-60:].strip("_") or "shard"
 
 
 def _excerpt(value: Any, n: int = 120) -> str:
@@ -147,7 +150,7 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[int, Any, str |
 def read_shard(path: Path, text_field: str, max_chars: int, min_chars: int = 1, root: Path | None = None) -> Shard:
     """Validate one file. Duplicates within the file are quarantined here; across files, by :func:`read_dataset`."""
     raw = path.read_bytes()
-    content_hash = hashlib.sha256(raw).hexdigest()
+    content_hash = hashlib.sha256(raw).hexdigest()  # = file_hash(path), from the bytes already read
     shard = Shard(name=shard_name(path, content_hash, root), source=str(path), content_hash=content_hash)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -213,12 +216,37 @@ def read_dataset(path: str | Path, text_field: str = "text", max_chars: int = 20
     return shards
 
 
-def dataset_version(shards: list[Shard], text_field: str, max_chars: int, min_chars: int = 1) -> str:
-    """Hash of the shards' content hashes and the options that change which rows are kept."""
+def dataset_version(shards: Iterable[tuple[str, str]], text_field: str, max_chars: int, min_chars: int = 1) -> str:
+    """Hash of the shards' (name, content hash) pairs and the options that change which rows are kept."""
     h = hashlib.sha256(f"{text_field}|{max_chars}|{min_chars}".encode())
-    for shard in sorted(shards, key=lambda s: s.name):
-        h.update(f"{shard.name}|{shard.content_hash}".encode())
+    for name, content_hash in sorted(shards):
+        h.update(f"{name}|{content_hash}".encode())
     return h.hexdigest()[:16]
+
+
+def shard_files(path: str | Path) -> dict[str, Path]:
+    """Shard name (the partition key) -> file, for every file of the dataset; hashes each file once."""
+    root = Path(path) if Path(path).is_dir() else None
+    return {shard_name(f, file_hash(f), root): f for f in list_dataset_files(path)}
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_shard_file(path: str | Path, name: str) -> Path:
+    """The dataset file behind shard ``name``: only files whose path gives the same stem are hashed."""
+    root = Path(path) if Path(path).is_dir() else None
+    stem = name.rsplit("-", 1)[0]
+    for f in list_dataset_files(path):
+        if shard_stem(f, root) == stem and shard_name(f, file_hash(f), root) == name:
+            return f
+    raise DatasetError(f"{path}: no file has the content of shard {name!r} any more (changed or removed); "
+                       "the dataset sensor replaces its partition, or run `influcoder materialize` to sync")
 
 
 def all_texts(shards: list[Shard]) -> list[str]:

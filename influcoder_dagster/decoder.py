@@ -6,7 +6,8 @@ that hash is part of every downstream artifact's provenance.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,17 +209,26 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     return ids, mask
 
 
-def resolve_base_model(cfg: ModelConfig, texts: list[str], models_root: Path, dataset_version: str) -> BaseModelInfo:
-    """Return the decoder to attribute: the configured local folder, or a tiny one trained (once) on ``texts``."""
+def tiny_model_key(cfg: ModelConfig, data_tag: str) -> str:
+    """The tiny decoder's recipe: its folder name, so a changed recipe trains a new one.
+
+    ``data_tag`` names the dataset location, not its content: the tiny decoder is trained once on
+    the data present then, and new files do not retrain it (a base model is fixed; data grows).
+    """
+    tag = hashlib.sha256(data_tag.encode()).hexdigest()[:8]
+    return f"tiny-{tag}-{cfg.n_layer}x{cfg.n_embd}-v{cfg.vocab_size}-e{cfg.epochs}-s{cfg.seed}-t{cfg.max_length}"
+
+
+def resolve_base_model(cfg: ModelConfig, texts: Callable[[], list[str]], models_root: Path, data_tag: str) -> BaseModelInfo:
+    """Return the decoder to attribute: the configured local folder, or a tiny one trained (once) on ``texts()``."""
     if cfg.base_model != "tiny":
         path = Path(cfg.base_model).expanduser()
         model_hash = model_dir_hash(path)
         kind = "local"
     else:
-        key = f"tiny-{dataset_version}-{cfg.n_layer}x{cfg.n_embd}-v{cfg.vocab_size}-e{cfg.epochs}-s{cfg.seed}-t{cfg.max_length}"
-        path = models_root / key
+        path = models_root / tiny_model_key(cfg, data_tag)
         if not (path / "config.json").is_file():
-            train_tiny_decoder(texts, cfg, path)
+            train_tiny_decoder(texts(), cfg, path)
         model_hash = model_dir_hash(path)
         kind = "tiny"
     return BaseModelInfo(path=path, model_hash=model_hash, kind=kind, n_params=_count_params(path))

@@ -8,7 +8,7 @@ import dagster as dg
 
 from assets import base_model, corpus, encoder, gradients, index, rankings
 
-from .automation import dataset_sensor, full_pipeline, nightly_reindex, refresh, reindex, retrain, weekly_retrain
+from .automation import dataset_sensor, nightly_reindex, refresh, reindex, retrain, shards, weekly_retrain
 from .resources import InflucoderConfig
 
 ASSET_MODULES = [base_model, corpus, gradients, rankings, encoder, index]
@@ -18,7 +18,7 @@ ASSET_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
-    jobs=[full_pipeline, refresh, reindex, retrain],
+    jobs=[shards, refresh, reindex, retrain],
     schedules=[nightly_reindex, weekly_retrain],
     sensors=[dataset_sensor],
     resources={"influcoder": InflucoderConfig()},

@@ -12,7 +12,17 @@ from .config import Config
 from .metrics import planted_recall
 from .paths import Paths
 
-ASSET_ORDER = ["base_model", "tokenized_corpus", "projected_gradients", "influence_rankings", "influcoder_encoder", "embedding_index"]
+ASSET_ORDER = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
+               "influcoder_encoder", "embedding_index"]
+
+
+def seconds_per_asset(meta: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Wall seconds per asset, partitions (``asset[shard]``) summed."""
+    out: dict[str, float] = {}
+    for name, values in meta.items():
+        asset = name.split("[", 1)[0]
+        out[asset] = out.get(asset, 0.0) + (values.get("wall_seconds") or 0.0)
+    return {a: round(out[a], 2) for a in ASSET_ORDER if a in out}
 
 
 def run_demo(config_path: str | None, cfg: Config) -> int:
@@ -36,8 +46,8 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
     attributor = Attributor(paths.home)
     _, queries_path = dataset_files(cfg)
     probes = read_queries(queries_path)
-    corpus = read_corpus(paths.corpus, columns=["sample_id", "meta"])
-    groups = planted_members(corpus.column("meta").to_pylist(), corpus.column("sample_id").to_numpy())
+    samples = read_corpus(paths.corpus, columns=["sample_id", "meta"])
+    groups = planted_members(samples.column("meta").to_pylist(), samples.column("sample_id").to_numpy())
     relevant = [groups.get(json.loads(q["meta"]).get("planted_group"), set()) for q in probes]
     t = time.perf_counter()
     hits = attributor.query([q["text"] for q in probes], cfg.k)
@@ -45,13 +55,13 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
     served_recall = planted_recall([[h["sample_id"] for h in hs] for hs in hits], relevant, cfg.k)
 
     rankings, encoder, index = meta.get("influence_rankings", {}), meta.get("influcoder_encoder", {}), meta.get("embedding_index", {})
+    corpus = meta["corpus_manifest"]
     summary: dict[str, Any] = {
         "wall_seconds_total": round(wall, 1),
-        "wall_seconds_per_asset": {a: meta[a].get("wall_seconds") for a in ASSET_ORDER if a in meta},
+        "wall_seconds_per_asset": seconds_per_asset(meta),
         "rows": {
-            "read": meta["tokenized_corpus"]["rows_read"], "kept": meta["tokenized_corpus"]["rows_kept"],
-            "quarantined": meta["tokenized_corpus"]["rows_quarantined"], "gradients": meta["projected_gradients"]["rows"],
-            "score_rows": rankings.get("score_rows_written"), "index": index.get("count"),
+            "read": corpus["rows_read"], "kept": corpus["rows_kept"], "quarantined": corpus["rows_quarantined"],
+            "gradients": corpus["gradient_rows"], "score_rows": rankings.get("score_rows_written"), "index": index.get("count"),
         },
         "k": cfg.k,
         "planted_recall_at_k": {
@@ -63,8 +73,8 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
                     "served_version": attributor.manifest["encoder_version"]},
         "query_ms_per_text": round(query_ms, 2),
         "artifact_bytes": {
-            "base_model": meta["base_model"]["bytes"], "tokenized_corpus": meta["tokenized_corpus"]["bytes"],
-            "projected_gradients": meta["projected_gradients"]["bytes"], "influence_rankings": rankings.get("bytes"),
+            "base_model": meta["base_model"]["bytes"], "tokenized_corpus": dir_size(paths.corpus),
+            "projected_gradients": corpus["bytes"], "influence_rankings": rankings.get("bytes"),
             "mlflow": dir_size(paths.home / "mlartifacts") if (paths.home / "mlartifacts").exists() else 0,
             "embedding_index": index.get("bytes"),
         },

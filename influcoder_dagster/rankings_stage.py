@@ -124,7 +124,10 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     decoder = _Decoder(base["path"], cfg)
 
     shards_now = sorted(manifest["shards"])
-    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k)
+    # Cross-shard duplicates are in the hash: when they change (the file a sample was first seen in
+    # left), a shard keeps its name but not its rows, which only a rebuild handles (rare).
+    duplicates = {n: e.get("excluded", []) for n, e in store.manifest["shards"].items() if e.get("excluded")}
+    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k, duplicates)
     state = read_state(home)
     prev_shards = json.loads(state["shards"]) if state else []
     rebuild = state is None or state.get("config_hash") != config_hash or (r.precondition and prev_shards != shards_now)

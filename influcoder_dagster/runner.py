@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from .paths import Paths
 from .resources import InflucoderConfig
+
+if TYPE_CHECKING:
+    from .config import Config
 
 INSTANCE_YAML = """\
 # The DuckDB writer pool: one writer at a time, so runs never fight over DuckDB's lock.
@@ -33,41 +39,162 @@ def instance_for(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(root))
 
 
+PARTITIONED = ["tokenized_corpus", "projected_gradients"]
+
+
+@dataclass
+class Runs:
+    """The Dagster runs one ``materialize`` call made, read as one result: (success, events) per run."""
+
+    runs: list[tuple[bool, list[dg.DagsterEvent]]] = field(default_factory=list)
+
+    def add(self, result: Any) -> bool:
+        self.runs.append((result.success, list(result.all_events)))
+        return result.success
+
+    def add_stored(self, instance: dg.DagsterInstance, run_id: str) -> bool:
+        """A run made in another process, read back from the instance."""
+        run = instance.get_run_by_id(run_id)
+        events = [e.dagster_event for e in instance.all_logs(run_id) if e.dagster_event is not None]
+        ok = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        self.runs.append((ok, events))
+        return ok
+
+    @property
+    def success(self) -> bool:
+        return all(ok for ok, _ in self.runs)
+
+    @property
+    def all_events(self) -> list[dg.DagsterEvent]:
+        return [e for _, events in self.runs for e in events]
+
+    def get_asset_materialization_events(self) -> list[dg.DagsterEvent]:
+        return [e for e in self.all_events if e.is_step_materialization]
+
+
+def shard_job() -> dg.JobDefinition:
+    """The per-shard job, reconstructable in another process (for parallel partition runs)."""
+    from .definitions import defs
+
+    return defs.resolve_job_def("shards")
+
+
+def sync_partitions(cfg: Config, instance: dg.DagsterInstance) -> tuple[list[str], list[str]]:
+    """Make the instance's shard partitions those of the dataset now; returns (added, deleted).
+
+    Deleted partitions' rows leave the corpus when ``corpus_manifest`` next runs.
+    """
+    from assets.partitions import corpus_shards
+
+    from .teacher_stages import current_shards
+
+    wanted = set(current_shards(cfg))
+    existing = set(instance.get_dynamic_partitions(corpus_shards.name))
+    added, deleted = sorted(wanted - existing), sorted(existing - wanted)
+    if added:
+        instance.add_dynamic_partitions(corpus_shards.name, added)
+    for key in deleted:
+        instance.delete_dynamic_partition(corpus_shards.name, key)
+    return added, deleted
+
+
+def observe_base_model(cfg: Config, instance: dg.DagsterInstance) -> str:
+    """Record the base model's current version as an observation of ``base_model_files`` (as the sensor does)."""
+    from .teacher_stages import base_model_version
+
+    version = base_model_version(cfg)
+    instance.report_runless_asset_event(dg.AssetObservation(asset_key="base_model_files", tags={"dagster/data_version": version}))
+    return version
+
+
+def _stale_partitions(instance: dg.DagsterInstance, names: list[str]) -> list[str]:
+    """Shard partitions where a selected partitioned asset is missing or stale (by Dagster's data versions)."""
+    from assets.partitions import corpus_shards
+
+    from .lineage import stale_resolver
+
+    resolver = stale_resolver(instance)
+    keys = instance.get_dynamic_partitions(corpus_shards.name)
+    return sorted(k for k in keys if any(resolver.get_status(dg.AssetKey(n), k).value != "FRESH" for n in names))
+
+
+def _run_partition(instance_ref: Any, config_path: str | None, key: str, selection: list[str], threads: int) -> str:
+    """One shard's run in this (spawned) process, with the multiprocess executor; returns its run id."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        result = dg.execute_job(
+            dg.reconstructable(shard_job), instance=instance, asset_selection=[dg.AssetKey(n) for n in selection],
+            tags={"dagster/partition": key},
+            run_config={"resources": {"influcoder": {"config": {"config_path": config_path}}},
+                        "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        return result.run_id
+
+
 def materialize(config_path: str | None, home: Path, select: list[str] | None = None,
-                instance: dg.DagsterInstance | None = None, log_level: str = "WARNING") -> dg.ExecuteInProcessResult:
+                instance: dg.DagsterInstance | None = None, log_level: str = "WARNING", workers: int = 1) -> Runs:
+    """Materialize the selected assets (default all) the way the UI would, in lineage order.
+
+    Syncs the shard partitions with the dataset, observes the base model, then runs the base
+    model, every shard partition that is missing or stale (``workers`` runs at once, each in its own
+    process, when above 1), and finally the unpartitioned assets in one run.
+    """
+    from .config import load_config
     from .definitions import ASSET_CHECKS, ASSETS
 
-    selection = None
-    if select:
-        known = {k.to_user_string() for a in ASSETS for k in a.keys}
-        unknown = [s for s in select if s not in known]
-        if unknown:
-            raise ValueError(f"unknown asset(s) {unknown}; choose from {sorted(known)}")
-        selection = dg.AssetSelection.assets(*select)
-    return dg.materialize(
-        [*ASSETS, *ASSET_CHECKS],
-        selection=selection,
-        resources={"influcoder": InflucoderConfig(config_path=config_path)},
-        instance=instance or instance_for(home),
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-    )
+    known = [k.to_user_string() for a in ASSETS if isinstance(a, dg.AssetsDefinition) for k in a.keys]
+    unknown = [s for s in select or [] if s not in known]
+    if unknown:
+        raise ValueError(f"unknown asset(s) {unknown}; choose from {sorted(known)}")
+    wanted = [k for k in known if select is None or k in select]
+    instance = instance or instance_for(home)
+    resources = {"influcoder": InflucoderConfig(config_path=config_path)}
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    runs = Runs()
+
+    def run(names: list[str], partition_key: str | None = None) -> bool:
+        return runs.add(dg.materialize([*ASSETS, *ASSET_CHECKS], selection=dg.AssetSelection.assets(*names), resources=resources,
+                                       instance=instance, partition_key=partition_key, raise_on_error=False, run_config=run_config))
+
+    cfg = load_config(config_path)
+    sync_partitions(cfg, instance)
+    observe_base_model(cfg, instance)
+    if "base_model" in wanted and not run(["base_model"]):
+        return runs
+    shard_assets = [n for n in PARTITIONED if n in wanted]
+    if shard_assets:
+        keys = _stale_partitions(instance, shard_assets)
+        if workers > 1 and len(keys) > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                run_ids = list(pool.map(_run_partition, *zip(*[(instance.get_ref(), config_path, k, shard_assets, threads) for k in keys])))
+            if not all([runs.add_stored(instance, r) for r in run_ids]):
+                return runs
+        else:
+            for key in keys:
+                if not run(shard_assets, key):
+                    return runs
+    rest = [n for n in wanted if n not in PARTITIONED and n != "base_model"]
+    if rest:
+        run(rest)
+    return runs
 
 
-def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
-    """Asset name -> its materialization metadata as plain values."""
+def materialization_metadata(result: Any) -> dict[str, dict[str, Any]]:
+    """Asset name (``asset[partition]`` when partitioned) -> its materialization metadata as plain values."""
     out: dict[str, dict[str, Any]] = {}
     for event in result.get_asset_materialization_events():
         mat = event.step_materialization_data.materialization
-        out[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        name = mat.asset_key.to_user_string() + (f"[{mat.partition}]" if mat.partition else "")
+        out[name] = {k: v.value for k, v in mat.metadata.items()}
     return out
 
 
-def failed_steps(result: dg.ExecuteInProcessResult) -> list[str]:
+def failed_steps(result: Runs) -> list[str]:
     return [e.step_key for e in result.all_events if e.is_step_failure]
 
 
-def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
+def failure_messages(result: Runs) -> list[str]:
     msgs = []
     for e in result.all_events:
         if e.is_step_failure and e.step_failure_data and e.step_failure_data.error:
@@ -78,7 +205,7 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     return msgs
 
 
-def only_gate_failed(result: dg.ExecuteInProcessResult) -> bool:
+def only_gate_failed(result: Runs) -> bool:
     """True when the run failed only because a blocking quality check held back what follows it."""
     failures = [e for e in result.all_events if e.is_step_failure]
     return bool(failures) and all(
@@ -88,7 +215,7 @@ def only_gate_failed(result: dg.ExecuteInProcessResult) -> bool:
 
 
 def materialize_with_gate(config_path: str | None, home: Path, select: list[str] | None = None
-                          ) -> tuple[dg.ExecuteInProcessResult, dict[str, dict[str, Any]], bool]:
+                          ) -> tuple[Runs, dict[str, dict[str, Any]], bool]:
     """Materialize; if only the encoder's blocking quality gate failed, still refresh the index.
 
     The index is built from the champion, so a failed gate cannot put the new encoder in it, but the

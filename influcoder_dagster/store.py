@@ -3,14 +3,17 @@
 Layout under ``gradients/<key>/`` where ``key`` hashes the base model and the projection, so a
 new model or projection never mixes with old rows::
 
-    manifest.json            projection spec, model hash, dataset version, shards and row counts
+    manifest.json            projection spec, model hash, dataset version, the published shards
     <shard>.ids.npy          int64 sample ids, row i of the shard is sample ids[i]
     <shard>.f16              (rows, dim) float16, complete shards only
+    <shard>.json             a finished shard's row count and fingerprint
     <shard>.f16.partial      the same while being filled, with <shard>.done.npy: a row bitmap
 
 Rows are written into the partial memmap and flushed before the bitmap that marks them done is
 replaced atomically, so an interrupted run resumes at the first row not marked done and never
-trusts a half-written row. A finished shard is renamed to ``<shard>.f16``.
+trusts a half-written row. A finished shard is renamed to ``<shard>.f16`` and gets its
+``<shard>.json``. Shards are written independently (in parallel, by partition runs); only
+:meth:`GradientStore.publish` writes the manifest's shard list, which readers go by.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class ShardWriter:
         final = self.store.root / f"{self.name}.f16"
         os.replace(self._partial, final)
         self._done_path.unlink(missing_ok=True)
-        self.store._register(self.name, len(self.ids), self.fingerprint)
+        write_json(self.store.root / f"{self.name}.json", {"rows": len(self.ids), "fingerprint": self.fingerprint})
         return final
 
 
@@ -119,14 +122,22 @@ class GradientStore:
         root = base / store_key(model_hash, projection)
         root.mkdir(parents=True, exist_ok=True)
         if (root / MANIFEST).exists():
-            manifest = read_json(root / MANIFEST)
-        else:
-            manifest = {"format": 1, "dtype": "float16", "layout": "row-major", "dim": projection["dim"],
-                        "projection": projection, "base_model_hash": model_hash, "shards": {}}
-        manifest.update(provenance)
-        store = cls(root, manifest)
+            return cls(root, read_json(root / MANIFEST))
+        store = cls(root, {"format": 1, "dtype": "float16", "layout": "row-major", "dim": projection["dim"],
+                           "projection": projection, "base_model_hash": model_hash, "shards": {}, **provenance})
         store.save()
         return store
+
+    @classmethod
+    def find(cls, base: Path, model_hash: str, requested: dict[str, Any]) -> GradientStore:
+        """The store made for ``model_hash`` with the projection settings ``requested`` (as given to
+        :meth:`create`), found without loading the model."""
+        for manifest in sorted(base.glob(f"*/{MANIFEST}")):
+            data = read_json(manifest)
+            if data.get("base_model_hash") == model_hash and data.get("requested") == requested:
+                return cls(manifest.parent, data)
+        raise StoreError(f"no gradient store under {base} for base model {model_hash} and projection {requested}; "
+                         "materialize projected_gradients")
 
     @classmethod
     def open(cls, root: Path) -> GradientStore:
@@ -145,30 +156,52 @@ class GradientStore:
     def save(self) -> None:
         write_json(self.root / MANIFEST, self.manifest)
 
+    def finished(self, name: str) -> dict[str, Any] | None:
+        """A finished shard's entry (rows, fingerprint), published or not."""
+        path = self.root / f"{name}.json"
+        return read_json(path) if path.exists() and (self.root / f"{name}.f16").exists() else None
+
     def has_shard(self, name: str, fingerprint: str = "") -> bool:
         """A finished shard whose rows came from the same samples and tokens (``fingerprint``)."""
-        entry = self.manifest["shards"].get(name)
-        return entry is not None and entry.get("fingerprint", "") == fingerprint and (self.root / f"{name}.f16").exists()
+        entry = self.finished(name)
+        return entry is not None and entry["fingerprint"] == fingerprint
 
     def writer(self, name: str, ids: np.ndarray, fingerprint: str = "", checkpoint_seconds: float = 10.0) -> ShardWriter:
         return ShardWriter(self, name, np.asarray(ids, dtype=np.int64), fingerprint, checkpoint_seconds)
 
-    def _register(self, name: str, rows: int, fingerprint: str) -> None:
-        self.manifest["shards"][name] = {"rows": rows, "file": f"{name}.f16", "ids": f"{name}.ids.npy", "fingerprint": fingerprint}
-        self.save()
+    def publish(self, shards: dict[str, str], excluded: dict[str, list[int]], keep: list[str], **provenance: Any) -> list[str]:
+        """Make the finished ``shards`` (name -> expected fingerprint) the store's content, leaving out
+        the ``excluded`` rows (cross-shard duplicates); delete files of shards not in ``keep``.
 
-    def retain(self, names: list[str]) -> list[str]:
-        """Drop shards not in ``names`` (their files too); returns the dropped names."""
-        dropped = [n for n in self.shard_names if n not in names]
-        for n in dropped:
-            del self.manifest["shards"][n]
-            for suffix in (".f16", ".ids.npy", ".f16.partial", ".done.npy"):
-                (self.root / f"{n}{suffix}").unlink(missing_ok=True)
+        Returns the names whose files were deleted. Raises :class:`StoreError` naming a shard that is
+        not finished or whose rows came from other tokens.
+        """
+        published = {}
+        for name, fingerprint in sorted(shards.items()):
+            if not self.has_shard(name, fingerprint):
+                raise StoreError(f"shard {name} has no finished gradients for its current tokens; materialize projected_gradients[{name}]")
+            published[name] = {"rows": self.finished(name)["rows"], "file": f"{name}.f16", "ids": f"{name}.ids.npy",
+                               "fingerprint": fingerprint, "excluded": sorted(excluded.get(name, []))}
+        dropped = sorted({f.name.split(".", 1)[0] for f in self.root.iterdir() if f.is_file() and f.name != MANIFEST} - set(keep))
+        self.manifest.update(provenance, shards=published)
         self.save()
+        for f in list(self.root.iterdir()):
+            if f.is_file() and f.name != MANIFEST and f.name.split(".", 1)[0] in dropped:
+                f.unlink()
         return dropped
 
     def ids(self, name: str) -> np.ndarray:
+        """Every row's sample id, excluded rows included (row i of the file is ids[i])."""
         return np.load(self.root / f"{name}.ids.npy")
+
+    def _kept(self, name: str) -> np.ndarray | None:
+        """Row mask of a published shard, or None when it has no excluded rows."""
+        excluded = self.manifest["shards"][name].get("excluded", [])
+        if not excluded:
+            return None
+        keep = np.ones(self.manifest["shards"][name]["rows"], dtype=bool)
+        keep[excluded] = False
+        return keep
 
     def rows(self, name: str) -> np.ndarray:
         n = self.manifest["shards"][name]["rows"]
@@ -177,11 +210,15 @@ class GradientStore:
         return np.memmap(self.root / f"{name}.f16", dtype=np.float16, mode="r", shape=(n, self.dim))
 
     def all_ids(self) -> np.ndarray:
-        parts = [self.ids(n) for n in self.shard_names]
+        """The published samples' ids, in the order :meth:`iter_blocks` yields them."""
+        parts = []
+        for n in self.shard_names:
+            keep = self._kept(n)
+            parts.append(self.ids(n) if keep is None else self.ids(n)[keep])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def n_rows(self) -> int:
-        return sum(s["rows"] for s in self.manifest["shards"].values())
+        return sum(s["rows"] - len(s.get("excluded", [])) for s in self.manifest["shards"].values())
 
     def iter_blocks(self, block_rows: int, shards: list[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, fp16 rows) blocks over all (or the named) shards in name order.
@@ -192,10 +229,14 @@ class GradientStore:
         """
         row_bytes = self.dim * np.dtype(np.float16).itemsize
         for name in self.shard_names if shards is None else sorted(shards):
-            ids, path = self.ids(name), self.root / f"{name}.f16"
+            ids, path, keep = self.ids(name), self.root / f"{name}.f16", self._kept(name)
             for i in range(0, len(ids), block_rows):
                 n = min(block_rows, len(ids) - i)
-                yield ids[i : i + n], np.memmap(path, dtype=np.float16, mode="c", offset=i * row_bytes, shape=(n, self.dim))
+                block = np.memmap(path, dtype=np.float16, mode="c", offset=i * row_bytes, shape=(n, self.dim))
+                if keep is None or keep[i : i + n].all():
+                    yield ids[i : i + n], block
+                else:  # a copy, only for the rare block holding a cross-shard duplicate
+                    yield ids[i : i + n][keep[i : i + n]], np.asarray(block[keep[i : i + n]])
 
     def lookup(self, sample_ids: np.ndarray) -> np.ndarray:
         """float32 rows for the given sample ids (repeats allowed); KeyError names the missing ones."""

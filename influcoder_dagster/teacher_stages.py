@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import dir_size, read_json, write_json
 from .config import Config
-from .corpus import Shard, all_texts, dataset_version, read_dataset
+from .corpus import all_texts, dataset_version, find_shard_file, read_dataset, read_shard, shard_files
 from .paths import Paths
 
 
@@ -48,20 +48,32 @@ def dataset_files(cfg: Config) -> tuple[Path, Path | None]:
     return files["dataset"], queries
 
 
-def read_shards(cfg: Config) -> tuple[list[Shard], str]:
-    path, _ = dataset_files(cfg)
-    shards = read_dataset(path, cfg.dataset.text_field, cfg.dataset.max_chars, cfg.dataset.min_chars)
-    return shards, dataset_version(shards, cfg.dataset.text_field, cfg.dataset.max_chars, cfg.dataset.min_chars)
+def data_tag(cfg: Config) -> str:
+    """Where the data comes from (for the tiny decoder's recipe): the dataset path or the demo's settings."""
+    return cfg.dataset.path or f"demo:{cfg.demo.model_dump_json()}|{cfg.dataset.max_chars}"
+
+
+def base_model_version(cfg: Config) -> str:
+    """The base model's identity before it is loaded: a local model's content hash, or the tiny
+    decoder's recipe. The observable source asset reports it; a change re-derives everything."""
+    from .decoder import model_dir_hash, tiny_model_key
+
+    if cfg.model.base_model == "tiny":
+        return short_hash(tiny_model_key(cfg.model, data_tag(cfg)))
+    return model_dir_hash(Path(cfg.model.base_model).expanduser())
 
 
 def run_base_model(cfg: Config) -> StageResult:
     from .decoder import resolve_base_model
 
     paths = Paths(cfg.home_path)
-    shards, version = read_shards(cfg)
-    info = resolve_base_model(cfg.model, all_texts(shards), paths.models, version)
-    record = {"path": str(info.path), "model_hash": info.model_hash, "kind": info.kind, "n_params": info.n_params,
-              "trained_on_dataset_version": version if info.kind == "tiny" else None}
+
+    def texts() -> list[str]:
+        path, _ = dataset_files(cfg)
+        return all_texts(read_dataset(path, cfg.dataset.text_field, cfg.dataset.max_chars, cfg.dataset.min_chars))
+
+    info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg))
+    record = {"path": str(info.path), "model_hash": info.model_hash, "kind": info.kind, "n_params": info.n_params}
     write_json(paths.base_model_pointer, record)
     return StageResult({**record, "bytes": dir_size(info.path)}, info.model_hash)
 
@@ -72,93 +84,142 @@ def base_model_record(paths: Paths) -> dict[str, Any]:
     return read_json(paths.base_model_pointer)
 
 
-# --- tokenized corpus ---------------------------------------------------------------------------
+# --- shards: the partitions of the tokenized corpus and of the gradients ------------------------
 
 
-def run_tokenized_corpus(cfg: Config) -> StageResult:
+def current_shards(cfg: Config) -> dict[str, Path]:
+    """Shard name (the partition key) -> dataset file, as the dataset is now."""
+    path, _ = dataset_files(cfg)
+    return shard_files(path)
+
+
+def run_corpus_shard(cfg: Config, name: str) -> StageResult:
+    """Validate and tokenize one dataset file: ``corpus/<name>.parquet`` and its quarantine."""
     from transformers import AutoTokenizer
 
-    from .tokenized import write_corpus
+    from .tokenized import write_shard
 
     paths = Paths(cfg.home_path)
     base = base_model_record(paths)
-    shards, version = read_shards(cfg)
+    path, _ = dataset_files(cfg)
+    file = find_shard_file(path, name)
+    d = cfg.dataset
+    shard = read_shard(file, d.text_field, d.max_chars, d.min_chars, Path(path) if Path(path).is_dir() else None)
     tokenizer = AutoTokenizer.from_pretrained(base["path"])
-    manifest = write_corpus(paths.corpus, shards, tokenizer, cfg.model.max_length, version, base["model_hash"])
-    rows_read = sum(s["rows_read"] for s in manifest["shards"].values())
-    kept = sum(s["kept"] for s in manifest["shards"].values())
-    quarantined = sum(s["quarantined"] for s in manifest["shards"].values())
-    if rows_read != kept + quarantined:  # an invariant of read_dataset; never publish a corpus that breaks it
-        raise AssertionError(f"rows read {rows_read} != kept {kept} + quarantined {quarantined}")
+    entry = write_shard(paths.corpus, shard, tokenizer, cfg.model.max_length, base["model_hash"])
     reasons: dict[str, int] = {}
-    for shard in shards:
-        for q in shard.quarantine:
-            key = re.split(r":| of | at ", q.reason)[0].strip()
-            reasons[key] = reasons.get(key, 0) + 1
-    return StageResult({
-        "path": str(paths.corpus), "dataset_version": version, "base_model_hash": base["model_hash"],
-        "shards": len(shards), "rows_read": rows_read, "rows_kept": kept, "rows_quarantined": quarantined,
-        "rows_truncated": sum(s["truncated"] for s in manifest["shards"].values()),
-        "quarantine_reasons": reasons, "bytes": dir_size(paths.corpus),
-    }, short_hash(version, base["model_hash"], cfg.model.max_length))
+    for q in shard.quarantine:
+        key = re.split(r":| of | at ", q.reason)[0].strip()
+        reasons[key] = reasons.get(key, 0) + 1
+    return StageResult({"path": str(paths.corpus / f"{name}.parquet"), **entry, "quarantine_reasons": reasons},
+                       short_hash(entry["fingerprint"], d.text_field, d.max_chars, d.min_chars))
 
 
-# --- projected gradients ------------------------------------------------------------------------
-
-
-def run_projected_gradients(cfg: Config, progress: bool = True) -> StageResult:
+def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageResult:
+    """Projected per-sample gradients of one shard; resumes an interrupted shard, reuses a finished one."""
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     from .decoder import Encoded, length_sorted_batches, load_decoder
     from .gradients import GradientExtractor, projection_for
     from .store import GradientStore
-    from .tokenized import read_manifest
+    from .tokenized import shard_entry
 
     paths = Paths(cfg.home_path)
     base = base_model_record(paths)
-    corpus = read_manifest(paths.corpus)
-    model, tokenizer = load_decoder(base["path"])
+    entry = shard_entry(paths.corpus, name)
+    if entry is None or entry["base_model_hash"] != base["model_hash"]:
+        raise FileNotFoundError(f"shard {name} is not tokenized for the current base model; materialize tokenized_corpus[{name}]")
     p = cfg.projection
+    started = time.perf_counter()
+    model, tokenizer = load_decoder(base["path"])
     spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules)
-    store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], dataset_version=corpus["dataset_version"])
-    dropped = store.retain(list(corpus["shards"]))
-    extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)
-    computed, reused, started = 0, 0, time.perf_counter()
-    for name in sorted(corpus["shards"]):
+    store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], requested=requested_projection(cfg))
+    computed = 0
+    if not store.has_shard(name, entry["fingerprint"]):
         table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
-        fingerprint = shard_fingerprint(table)
-        if store.has_shard(name, fingerprint):
-            reused += store.manifest["shards"][name]["rows"]
-            continue
-        writer = store.writer(name, table.column("sample_id").to_numpy(), fingerprint)
+        writer = store.writer(name, table.column("sample_id").to_numpy(), entry["fingerprint"])
         seqs = table.column("input_ids").to_pylist()
         missing = writer.missing_rows()
-        batches = list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size))
-        for batch in tqdm(batches, desc=f"gradients {name}", disable=not progress):
+        extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)
+        for batch in tqdm(list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size)),
+                          desc=f"gradients {name}", disable=not progress):
             rows = missing[batch]
             writer.write(rows, extractor.batch([Encoded(seqs[i]) for i in rows]).numpy())
             computed += len(rows)
         writer.finish()
     seconds = time.perf_counter() - started
+    rows = store.finished(name)["rows"]
+    return StageResult({
+        "path": str(store.root / f"{name}.f16"), "store_key": store.root.name, "rows": rows, "rows_computed": computed,
+        "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(spec.modules), "base_model_hash": base["model_hash"],
+        "content_hash": entry["content_hash"], "bytes": rows * store.dim * 2,
+        "samples_per_s": computed / seconds if computed else None,
+    }, short_hash(store.root.name, entry["fingerprint"]))
+
+
+def requested_projection(cfg: Config) -> dict[str, Any]:
+    """The projection settings that decide the store's rows (batch size and where it runs do not)."""
+    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process"})
+
+
+def run_corpus_manifest(cfg: Config, names: list[str]) -> StageResult:
+    """Publish the shards ``names`` (the current partitions) as the corpus and the gradient store.
+
+    Every shard must be tokenized for the current base model and have its gradients; the error
+    names those that are not. Files of shards no longer listed are deleted, and cross-shard
+    duplicates are quarantined, so the counts reconcile: rows read = kept + quarantined.
+    """
+    from .store import GradientStore
+    from .tokenized import publish_corpus, shard_entry
+
+    if not names:
+        raise RuntimeError("the dataset has no shards yet: add files to dataset.path (the sensor adds their partitions) "
+                           "or run `influcoder materialize`")
+    paths = Paths(cfg.home_path)
+    base = base_model_record(paths)
+    entries = {n: shard_entry(paths.corpus, n) for n in names}
+    untokenized = sorted(n for n, e in entries.items() if e is None or e["base_model_hash"] != base["model_hash"]
+                         or e["max_length"] != cfg.model.max_length)
+    if untokenized:
+        raise RuntimeError(f"{len(untokenized)} shard(s) not tokenized for the current base model, e.g. {untokenized[:3]}; "
+                           "materialize those partitions of tokenized_corpus and projected_gradients first")
+    d = cfg.dataset
+    version = dataset_version([(n, e["content_hash"]) for n, e in entries.items()], d.text_field, d.max_chars, d.min_chars)
+    store = GradientStore.find(paths.gradients, base["model_hash"], requested_projection(cfg))
+    missing = sorted(n for n, e in entries.items() if not store.has_shard(n, e["fingerprint"]))
+    if missing:
+        raise RuntimeError(f"{len(missing)} shard(s) have no gradients for their current tokens, e.g. {missing[:3]}; "
+                           "materialize those partitions of projected_gradients first")
+    manifest = publish_corpus(paths.corpus, names, version, base["model_hash"], keep=names)
+    excluded = {n: e["excluded"] for n, e in manifest["shards"].items() if e["excluded"]}
+    dropped = store.publish({n: e["fingerprint"] for n, e in entries.items()}, excluded, keep=names, dataset_version=version)
     write_json(paths.gradients_pointer, {"root": str(store.root), "store_key": store.root.name})
+    shards = manifest["shards"].values()
+    rows_read, kept, quarantined = (sum(s[k] for s in shards) for k in ("rows_read", "kept", "quarantined"))
+    if rows_read != kept + quarantined:  # never publish a corpus whose counts do not reconcile
+        raise AssertionError(f"rows read {rows_read} != kept {kept} + quarantined {quarantined}")
     n = store.n_rows()
     return StageResult({
-        "path": str(store.root), "store_key": store.root.name, "rows": n, "rows_computed": computed, "rows_reused": reused,
-        "shards_dropped": dropped, "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(spec.modules),
-        "base_model_hash": base["model_hash"], "dataset_version": corpus["dataset_version"], "bytes": store.nbytes(),
-        "bytes_per_sample": store.nbytes() / max(n, 1), "samples_per_s": computed / seconds if computed else None,
-    }, short_hash(store.root.name, corpus["dataset_version"]))
+        "path": str(paths.corpus / "manifest.json"), "store_path": str(store.root), "dataset_version": version,
+        "base_model_hash": base["model_hash"], "store_key": store.root.name, "shards": len(names), "rows_read": rows_read,
+        "rows_kept": kept, "rows_quarantined": quarantined, "cross_shard_duplicates": sum(len(v) for v in excluded.values()),
+        "rows_truncated": sum(s["truncated"] for s in shards), "gradient_rows": n, "shard_files_deleted": len(dropped),
+        "dim": store.dim, "bytes": store.nbytes(), "bytes_per_sample": store.nbytes() / max(n, 1),
+    }, short_hash(version, store.root.name, sorted((n, e["fingerprint"]) for n, e in entries.items())))
 
 
-def shard_fingerprint(table: Any) -> str:
-    """Hash of a shard's sample ids and token ids: a finished shard is reused only if both are unchanged
-    (a file's bytes alone are not enough: cross-file duplicates, min_chars or max_length change its rows)."""
-    tokens = table.column("input_ids").combine_chunks()
-    h = hashlib.sha256(table.column("sample_id").to_numpy().tobytes())
-    h.update(tokens.offsets.to_numpy().astype(np.int64).tobytes())  # where each sample's tokens start
-    h.update(tokens.flatten().to_numpy().astype(np.int32).tobytes())
-    return h.hexdigest()[:16]
+def run_all_shards(cfg: Config, progress: bool = True) -> StageResult:
+    """Every current shard's corpus and gradients, then the manifest, in this process: the teacher
+    without an orchestrator (tests, benchmarks). ``rows_computed`` counts the gradient rows computed."""
+    names = sorted(current_shards(cfg))
+    computed = 0
+    for name in names:
+        run_corpus_shard(cfg, name)
+        computed += run_shard_gradients(cfg, name, progress).metadata["rows_computed"]
+    result = run_corpus_manifest(cfg, names)
+    result.metadata["rows_computed"] = computed
+    return result
 
 
 def open_store(paths: Paths) -> Any:

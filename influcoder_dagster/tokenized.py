@@ -1,13 +1,19 @@
 """The tokenized corpus on disk: one Parquet file per shard, the quarantine, and a manifest.
 
-Each Parquet file carries its provenance (dataset version, base-model hash) in the schema
-metadata as well as in ``corpus/manifest.json``.
+Each shard is written on its own (``<shard>.parquet``, ``<shard>.quarantine.parquet``,
+``<shard>.json``), so shards are independent partitions that can be written in parallel;
+:func:`publish_corpus` then fixes which shards make up the corpus (``manifest.json``, with the
+dataset version) and merges the quarantine. Each Parquet file carries its provenance (content
+hash, base-model hash) in the schema metadata.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .atomic import atomic_path, read_json, write_json
 from .corpus import QuarantineRow, Shard
@@ -18,9 +24,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 QUARANTINE_FILE = "quarantine.parquet"
+QUARANTINE_SUFFIX = ".quarantine.parquet"
 
 
-def tokenize_shard(shard: Shard, tokenizer: PreTrainedTokenizerBase, max_length: int, dataset_version: str) -> pa.Table:
+def tokenize_shard(shard: Shard, tokenizer: PreTrainedTokenizerBase, max_length: int) -> pa.Table:
     import pyarrow as pa
 
     texts = [s.text for s in shard.samples]
@@ -35,7 +42,6 @@ def tokenize_shard(shard: Shard, tokenizer: PreTrainedTokenizerBase, max_length:
         "row": pa.array([s.row for s in shard.samples], pa.int32()),
         "meta": pa.array([s.meta for s in shard.samples], pa.string()),
         "shard": pa.array([shard.name] * len(texts), pa.string()),
-        "dataset_version": pa.array([dataset_version] * len(texts), pa.string()),
     })
 
 
@@ -55,17 +61,15 @@ def _quarantine_short(shard: Shard, table: pa.Table) -> pa.Table:
     return table.filter(pc.invert(short))
 
 
-def quarantine_table(shards: list[Shard], dataset_version: str) -> pa.Table:
+def quarantine_table(rows: list[QuarantineRow], shard: str) -> pa.Table:
     import pyarrow as pa
 
-    rows = [(q, sh.name) for sh in shards for q in sh.quarantine]
     return pa.table({
-        "source": pa.array([q.source for q, _ in rows], pa.string()),
-        "row": pa.array([q.row for q, _ in rows], pa.int32()),
-        "reason": pa.array([q.reason for q, _ in rows], pa.string()),
-        "excerpt": pa.array([q.excerpt for q, _ in rows], pa.string()),
-        "shard": pa.array([name for _, name in rows], pa.string()),
-        "dataset_version": pa.array([dataset_version] * len(rows), pa.string()),
+        "source": pa.array([q.source for q in rows], pa.string()),
+        "row": pa.array([q.row for q in rows], pa.int32()),
+        "reason": pa.array([q.reason for q in rows], pa.string()),
+        "excerpt": pa.array([q.excerpt for q in rows], pa.string()),
+        "shard": pa.array([shard] * len(rows), pa.string()),
     })
 
 
@@ -77,26 +81,78 @@ def _write_parquet(table: pa.Table, path: Path, provenance: dict[str, str]) -> N
         pq.write_table(table, tmp)
 
 
-def write_corpus(root: Path, shards: list[Shard], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 dataset_version: str, model_hash: str) -> dict[str, Any]:
-    """Write every shard (and the quarantine), drop files of shards no longer in the dataset."""
+def write_shard(root: Path, shard: Shard, tokenizer: PreTrainedTokenizerBase, max_length: int, model_hash: str) -> dict[str, Any]:
+    """One shard's samples, quarantine and entry (``<name>.json``, written last: the shard's commit mark)."""
     root.mkdir(parents=True, exist_ok=True)
-    provenance = {"dataset_version": dataset_version, "base_model_hash": model_hash}
-    entries = {}
-    for shard in shards:
-        table = _quarantine_short(shard, tokenize_shard(shard, tokenizer, max_length, dataset_version))
-        _write_parquet(table, root / f"{shard.name}.parquet", provenance)
-        entries[shard.name] = {
-            "source": shard.source, "content_hash": shard.content_hash, "rows_read": shard.rows_read,
-            "kept": len(shard.samples), "quarantined": len(shard.quarantine),
-            "truncated": int(sum(table.column("truncated").to_pylist())),
-        }
-    _write_parquet(quarantine_table(shards, dataset_version), root / QUARANTINE_FILE, provenance)
-    for old in root.glob("*.parquet"):
-        if old.name != QUARANTINE_FILE and old.stem not in entries:
-            old.unlink()
-    manifest = {**provenance, "shards": entries}
+    provenance = {"content_hash": shard.content_hash, "base_model_hash": model_hash}
+    table = _quarantine_short(shard, tokenize_shard(shard, tokenizer, max_length))
+    _write_parquet(table, root / f"{shard.name}.parquet", provenance)
+    _write_parquet(quarantine_table(shard.quarantine, shard.name), root / f"{shard.name}{QUARANTINE_SUFFIX}", provenance)
+    entry = {
+        "source": shard.source, "content_hash": shard.content_hash, "base_model_hash": model_hash,
+        "max_length": max_length, "rows_read": shard.rows_read, "kept": len(shard.samples),
+        "quarantined": len(shard.quarantine), "truncated": int(sum(table.column("truncated").to_pylist())),
+        "fingerprint": fingerprint(table),
+    }
+    if entry["rows_read"] != entry["kept"] + entry["quarantined"]:  # an invariant of read_shard; never write a shard that breaks it
+        raise AssertionError(f"{shard.source}: rows read {entry['rows_read']} != kept {entry['kept']} + quarantined {entry['quarantined']}")
+    write_json(root / f"{shard.name}.json", entry)
+    return entry
+
+
+def fingerprint(table: pa.Table) -> str:
+    """Hash of a shard's sample ids and token ids: its gradients are reused only if both are unchanged
+    (a file's bytes alone are not enough: min_chars or max_length change its rows)."""
+    tokens = table.column("input_ids").combine_chunks()
+    h = hashlib.sha256(table.column("sample_id").to_numpy().tobytes())
+    h.update(tokens.offsets.to_numpy().astype(np.int64).tobytes())  # where each sample's tokens start
+    h.update(tokens.flatten().to_numpy().astype(np.int32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def shard_entry(root: Path, name: str) -> dict[str, Any] | None:
+    path = root / f"{name}.json"
+    return read_json(path) if path.exists() else None
+
+
+def publish_corpus(root: Path, names: list[str], dataset_version: str, model_hash: str, keep: list[str]) -> dict[str, Any]:
+    """The corpus as of now: the shards ``names`` (each already written), with duplicates across shards
+    quarantined (the first shard in name order keeps a sample), and files of shards not in ``keep`` deleted.
+
+    Writes ``quarantine.parquet`` (every shard's quarantine plus the cross-shard duplicates) and
+    ``manifest.json``; ``excluded`` lists, per shard, the rows of its Parquet file that are duplicates.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    entries, quarantines, first_seen = {}, [], {}
+    for name in sorted(names):
+        entry = shard_entry(root, name)
+        if entry is None:
+            raise FileNotFoundError(f"{root}: shard {name} was never written; materialize tokenized_corpus[{name}]")
+        table = pq.read_table(root / f"{name}.parquet", columns=["sample_id", "source", "row", "text"])
+        excluded, dups = [], []
+        for i, (sid, source, row) in enumerate(zip(*(table.column(c).to_pylist() for c in ("sample_id", "source", "row")), strict=True)):
+            if sid in first_seen:
+                excluded.append(i)
+                src, first_row = first_seen[sid]
+                dups.append(QuarantineRow(source, row, f"duplicate of {src} line {first_row}", table.column("text")[i].as_py()[:120]))
+            else:
+                first_seen[sid] = (source, row)
+        quarantines.append(pq.read_table(root / f"{name}{QUARANTINE_SUFFIX}"))
+        if dups:
+            quarantines.append(quarantine_table(dups, name))
+        entries[name] = {**entry, "kept": entry["kept"] - len(excluded), "quarantined": entry["quarantined"] + len(excluded),
+                         "excluded": excluded}
+    quarantine = pa.concat_tables(quarantines) if quarantines else quarantine_table([], "")
+    quarantine = quarantine.append_column("dataset_version", pa.array([dataset_version] * quarantine.num_rows, pa.string()))
+    _write_parquet(quarantine, root / QUARANTINE_FILE, {"dataset_version": dataset_version, "base_model_hash": model_hash})
+    manifest = {"dataset_version": dataset_version, "base_model_hash": model_hash, "shards": entries}
     write_json(root / "manifest.json", manifest)
+    for f in root.iterdir():
+        name = f.name.split(".", 1)[0]
+        if f.is_file() and f.name not in (QUARANTINE_FILE, "manifest.json") and name not in keep:
+            f.unlink()
     return manifest
 
 
@@ -107,13 +163,27 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def read_corpus(root: Path, columns: list[str] | None = None) -> pa.Table:
-    """All kept samples, shards in name order (the gradient store's order)."""
+    """All kept samples, shards in name order (the gradient store's order), without cross-shard duplicates."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest = read_manifest(root)
-    tables = [pq.read_table(root / f"{name}.parquet", columns=columns) for name in sorted(manifest["shards"])]
-    return pa.concat_tables(tables) if tables else pa.table({})
+    wanted = None if columns is None else [c for c in columns if c != "dataset_version"]
+    tables = []
+    for name in sorted(manifest["shards"]):
+        table = pq.read_table(root / f"{name}.parquet", columns=wanted)
+        excluded = manifest["shards"][name].get("excluded", [])
+        if excluded:
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[excluded] = False
+            table = table.filter(pa.array(keep))
+        tables.append(table)
+    if not tables:
+        return pa.table({})
+    table = pa.concat_tables(tables)
+    if columns is None or "dataset_version" in columns:
+        table = table.append_column("dataset_version", pa.array([manifest["dataset_version"]] * table.num_rows, pa.string()))
+    return table
 
 
 def read_quarantine(root: Path) -> pa.Table:

@@ -3,7 +3,8 @@ import sys
 
 import dagster as dg
 
-ASSETS = {"base_model", "tokenized_corpus", "projected_gradients", "influence_rankings", "influcoder_encoder", "embedding_index"}
+ASSETS = {"base_model_files", "base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
+          "influcoder_encoder", "embedding_index"}
 
 
 def test_importing_the_code_location_loads_no_heavy_library():
@@ -23,12 +24,16 @@ def test_every_asset_is_wired_with_lineage():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == ASSETS
     parents = lambda name: {p.to_user_string() for p in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
+    assert parents("base_model") == {"base_model_files"}
     assert parents("tokenized_corpus") == {"base_model"}
     assert parents("projected_gradients") == {"tokenized_corpus", "base_model"}
-    assert "projected_gradients" in parents("influence_rankings")
+    assert parents("corpus_manifest") == {"tokenized_corpus", "projected_gradients"}
+    assert parents("influence_rankings") == {"corpus_manifest", "base_model"}
     assert parents("influcoder_encoder") == {"influence_rankings"}
-    assert "influcoder_encoder" in parents("embedding_index")
-    assert defs.resolve_job_def("reindex") is not None
+    assert parents("embedding_index") == {"influcoder_encoder", "corpus_manifest"}
+    partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned}
+    assert partitioned == {"tokenized_corpus", "projected_gradients"}
+    assert defs.resolve_job_def("reindex") is not None and defs.resolve_job_def("shards").partitions_def is not None
     assert {s.name for s in defs.schedules} == {"nightly_reindex", "weekly_retrain"}
 
 
@@ -45,27 +50,3 @@ def test_the_nightly_schedule_requests_the_reindex_job():
     ctx = dg.build_schedule_context()
     data = nightly_reindex.evaluate_tick(ctx)
     assert nightly_reindex.job_name == "reindex" and len(data.run_requests) == 1
-
-
-def test_the_sensor_requests_a_refresh_only_when_watched_files_change(tmp_path):
-    import json
-
-    from influcoder_dagster.automation import dataset_sensor
-    from influcoder_dagster.resources import InflucoderConfig
-
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "a.jsonl").write_text(json.dumps({"text": "one"}) + "\n")
-    config = tmp_path / "c.toml"
-    config.write_text('[dataset]\npath = "data"\n')
-    resources = {"influcoder": InflucoderConfig(config_path=str(config))}
-    first = dataset_sensor(dg.build_sensor_context(resources=resources))
-    assert len(first.run_requests) == 1 and first.run_requests[0].tags["influcoder/added"] == "1"
-    quiet = dataset_sensor(dg.build_sensor_context(cursor=first.cursor, resources=resources))
-    assert isinstance(quiet, dg.SkipReason)
-    (data / "b.jsonl").write_text(json.dumps({"text": "two"}) + "\n")
-    (data / "a.jsonl").unlink()
-    again = dataset_sensor(dg.build_sensor_context(cursor=first.cursor, resources=resources))
-    tags = again.run_requests[0].tags
-    assert (tags["influcoder/added"], tags["influcoder/removed"]) == ("1", "1")
-    assert again.run_requests[0].run_key != first.run_requests[0].run_key

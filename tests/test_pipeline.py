@@ -14,10 +14,16 @@ from influcoder_dagster.tokenized import read_corpus, read_manifest
 
 def test_row_counts_reconcile_across_assets(pipeline_home):
     home, _, meta = pipeline_home
-    corpus = meta["tokenized_corpus"]
+    corpus = meta["corpus_manifest"]
     assert corpus["rows_read"] == corpus["rows_kept"] + corpus["rows_quarantined"]
     assert corpus["rows_quarantined"] == 6  # the demo's messy.jsonl: one of each kind of bad input
-    assert meta["projected_gradients"]["rows"] == corpus["rows_kept"]
+    shards = {k: v for k, v in meta.items() if k.startswith("tokenized_corpus[")}
+    assert len(shards) == corpus["shards"] == 3 and corpus["cross_shard_duplicates"] == 1
+    assert sum(v["rows_read"] for v in shards.values()) == corpus["rows_read"]
+    # a shard computes its own rows; a cross-file duplicate's row is computed, then left out when published
+    computed = sum(v["rows_computed"] for k, v in meta.items() if k.startswith("projected_gradients["))
+    assert computed == corpus["rows_kept"] + corpus["cross_shard_duplicates"]
+    assert corpus["gradient_rows"] == corpus["rows_kept"]
     assert meta["embedding_index"]["count"] == corpus["rows_kept"]
     con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == corpus["rows_kept"]
@@ -42,7 +48,7 @@ def test_ids_match_between_corpus_gradient_store_and_index(pipeline_home):
 def test_the_teacher_retrieves_the_planted_samples(pipeline_home):
     home, _, meta = pipeline_home
     recall = meta["influence_rankings"]["teacher_planted_recall_at_10"]
-    n = meta["tokenized_corpus"]["rows_kept"]
+    n = meta["corpus_manifest"]["rows_kept"]
     # Chance level is 10 / n (about 0.05 here); the teacher must find most of each planted group.
     assert recall >= 0.5, f"teacher planted recall@10 {recall:.2f} (chance {10 / n:.2f})"
 

@@ -32,8 +32,7 @@ def build(home, data_dir, names, lm, precondition=False):
                      "block_rows": 16, "precondition": precondition},
     })
     teacher_stages.run_base_model(cfg)
-    teacher_stages.run_tokenized_corpus(cfg)
-    teacher_stages.run_projected_gradients(cfg, progress=False)
+    teacher_stages.run_all_shards(cfg, progress=False)
     return run_influence_rankings(cfg, progress=False)
 
 

@@ -17,28 +17,36 @@ def test_a_local_model_folder_is_used_as_is_and_gradients_are_not_recomputed(tmp
                                  "model": {"base_model": str(tmp_path / "my-lm"), "max_length": 32}, "projection": {"dim": 256}})
     base = teacher_stages.run_base_model(cfg)
     assert base.metadata["kind"] == "local" and base.data_version == model_dir_hash(tmp_path / "my-lm")
-    corpus = teacher_stages.run_tokenized_corpus(cfg)
-    assert corpus.metadata["rows_kept"] == 30 and corpus.metadata["base_model_hash"] == base.data_version
-    first = teacher_stages.run_projected_gradients(cfg, progress=False)
-    again = teacher_stages.run_projected_gradients(cfg, progress=False)
+    first = teacher_stages.run_all_shards(cfg, progress=False)
+    assert first.metadata["rows_kept"] == 30 and first.metadata["base_model_hash"] == base.data_version
+    again = teacher_stages.run_all_shards(cfg, progress=False)
     assert first.metadata["rows_computed"] == 30 and again.metadata["rows_computed"] == 0
-    assert again.metadata["rows_reused"] == 30 and again.data_version == first.data_version
+    assert again.metadata["gradient_rows"] == 30 and again.data_version == first.data_version
 
 
-def test_a_duplicate_moving_between_files_is_recomputed_not_reused(tmp_path, local_lm):
+def test_a_duplicate_across_files_is_quarantined_and_returns_when_its_first_file_leaves(tmp_path, local_lm):
+    from influcoder_dagster.paths import Paths
+    from influcoder_dagster.tokenized import read_corpus, read_quarantine
+
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.jsonl").write_text(json.dumps({"text": "shared sample number 1"}) + "\n")
     (data / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["shared sample number 1", "only in b topic 2"]))
     cfg = Config.model_validate({"home": str(tmp_path / "home"), "dataset": {"path": str(data)},
                                  "model": {"base_model": str(local_lm), "max_length": 32}, "projection": {"dim": 128}})
-    for stage in (teacher_stages.run_base_model, teacher_stages.run_tokenized_corpus):
-        stage(cfg)
-    assert teacher_stages.run_projected_gradients(cfg, progress=False).metadata["rows"] == 2
-    (data / "a.jsonl").unlink()  # b's bytes are unchanged, but b now keeps the shared sample
-    teacher_stages.run_tokenized_corpus(cfg)
-    again = teacher_stages.run_projected_gradients(cfg, progress=False)
-    assert again.metadata["rows"] == 2 and again.metadata["rows_computed"] == 2
+    teacher_stages.run_base_model(cfg)
+    first = teacher_stages.run_all_shards(cfg, progress=False)
+    m = first.metadata
+    assert (m["rows_read"], m["rows_kept"], m["rows_quarantined"], m["cross_shard_duplicates"], m["gradient_rows"]) == (3, 2, 1, 1, 2)
+    paths = Paths(cfg.home_path)
+    assert read_corpus(paths.corpus).num_rows == 2 and "duplicate of" in read_quarantine(paths.corpus).column("reason")[0].as_py()
+    store = teacher_stages.open_store(paths)
+    assert sorted(store.all_ids()) == sorted(read_corpus(paths.corpus).column("sample_id").to_pylist())
+    (data / "a.jsonl").unlink()  # b's bytes are unchanged, and b now keeps the shared sample: nothing recomputed
+    again = teacher_stages.run_all_shards(cfg, progress=False)
+    m = again.metadata
+    assert (m["rows_read"], m["rows_kept"], m["cross_shard_duplicates"], m["gradient_rows"], m["rows_computed"]) == (2, 2, 0, 2, 0)
+    assert not list(paths.corpus.glob("a-*"))  # the removed file's shard is gone
 
 
 def test_queries_may_hold_a_line_separator_inside_a_string(tmp_path):

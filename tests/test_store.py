@@ -14,8 +14,10 @@ def test_write_finish_read_and_lookup(tmp_path):
     w.write(np.array([2, 0]), values[[2, 0]])
     w.write(np.array([1]), values[[1]])
     w.finish()
+    assert GradientStore.open(store.root).shard_names == []  # finished, not yet published
+    store.publish({"shard-a": ""}, {}, keep=["shard-a"], dataset_version="v2")
     reopened = GradientStore.open(store.root)
-    assert reopened.manifest["base_model_hash"] == "modelhash" and reopened.manifest["dataset_version"] == "v1"
+    assert reopened.manifest["base_model_hash"] == "modelhash" and reopened.manifest["dataset_version"] == "v2"
     assert reopened.manifest["shards"]["shard-a"]["rows"] == 3
     np.testing.assert_allclose(reopened.rows("shard-a"), values, rtol=1e-3)
     np.testing.assert_allclose(reopened.lookup(np.array([42, 11, 42])), values[[2, 0, 2]], rtol=1e-3)
@@ -38,6 +40,7 @@ def test_an_interrupted_shard_resumes_without_recomputing_done_rows(tmp_path):
         w2.finish()
     w2.write(w2.missing_rows(), np.full((7, 8), 2.0))
     w2.finish()
+    store.publish({"s": ""}, {}, keep=["s"])
     rows = GradientStore.open(store.root).rows("s")
     assert rows[:3].tolist() == np.ones((3, 8)).tolist() and rows[3:].tolist() == np.full((7, 8), 2.0).tolist()
     assert not list(store.root.glob("*.partial")) and not list(store.root.glob("*.done.npy"))
@@ -51,15 +54,20 @@ def test_different_ids_restart_the_shard_and_other_models_get_their_own_store(tm
     assert GradientStore.create(tmp_path, {**PROJ, "seed": 1}, "m").root != store.root
 
 
-def test_retain_drops_removed_shards_and_their_files(tmp_path):
+def test_publish_drops_removed_shards_leaves_out_excluded_rows_and_refuses_unfinished_ones(tmp_path):
     store = GradientStore.create(tmp_path, PROJ, "m")
-    for name in ("a", "b"):
-        w = store.writer(name, np.array([1 if name == "a" else 2]))
-        w.write(np.array([0]), np.ones((1, 8)))
+    for name, ids in (("a", [1]), ("b", [2, 1, 3])):
+        w = store.writer(name, np.array(ids))
+        w.write(np.arange(len(ids)), np.arange(len(ids) * 8).reshape(-1, 8))
         w.finish()
-    assert store.retain(["b"]) == ["a"]
-    assert store.shard_names == ["b"] and not (store.root / "a.f16").exists()
-    assert store.all_ids().tolist() == [2]
+    store.writer("c", np.array([4]), checkpoint_seconds=0).write(np.array([0]), np.ones((1, 8)))  # in flight
+    with pytest.raises(StoreError, match="projected_gradients\\[c\\]"):
+        store.publish({"b": "", "c": ""}, {}, keep=["b", "c"])
+    assert store.publish({"b": ""}, {"b": [1]}, keep=["b", "c"]) == ["a"]
+    assert store.shard_names == ["b"] and not (store.root / "a.f16").exists() and (store.root / "c.f16.partial").exists()
+    assert store.all_ids().tolist() == [2, 3] and store.n_rows() == 2
+    blocks = list(store.iter_blocks(2))
+    assert [b[0].tolist() for b in blocks] == [[2], [3]] and blocks[0][1].tolist() == [list(range(8))]
 
 
 def test_non_finite_gradients_are_refused(tmp_path):
