@@ -1,13 +1,15 @@
 """Adding 5% new data: the incremental update vs a full rebuild, encoder retraining excluded.
 
-    python benchmarks/incremental.py [--n 1200] [--new-fraction 0.05] [--json PATH]
+    python benchmarks/incremental.py [--n 1200] [--files 4] [--new-fraction 0.05] [--json PATH]
 
-Same corpus, same tiny decoder (trained once beforehand, not timed), one run, both measured:
+Same corpus, same decoder (trained once beforehand, not timed), one run, all measured through
+Dagster exactly as ``influcoder materialize`` runs it (shard partitions, then the manifest,
+rankings and index):
 
-* ``full``: tokenized corpus, projected gradients, rankings and index from scratch for all of it;
-* ``incremental``: the same stages after a new file with 5% more samples lands next to an
-  already materialized corpus (only the new shard's gradients, the new rows merged into the
-  rankings, only the new samples embedded).
+* ``full``: every shard partition, the rankings and the index from scratch, one run at a time;
+* ``full, 2 workers``: the same with two shard partitions materialized at once, each in its own process;
+* ``incremental``: a new file with 5% more samples lands next to an already materialized corpus:
+  one new partition, its rows merged into the rankings, only its samples embedded.
 """
 
 from __future__ import annotations
@@ -22,22 +24,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+SELECT = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings", "shard_embeddings",
+          "embedding_index"]
 
-def stages(cfg) -> dict[str, float]:
-    from influcoder_dagster import rankings_stage, student_stages, teacher_stages
 
-    times = {}
-    for name, fn in (("tokenized_corpus", teacher_stages.run_tokenized_corpus), ("projected_gradients", teacher_stages.run_projected_gradients),
-                     ("influence_rankings", rankings_stage.run_influence_rankings), ("embedding_index", student_stages.run_embedding_index)):
-        start = time.perf_counter()
-        fn(cfg) if name == "tokenized_corpus" else fn(cfg, progress=False)
-        times[name] = time.perf_counter() - start
-    return times
+def timed_materialize(root: Path, home: str, workers: int = 1) -> tuple[float, dict[str, float]]:
+    from influcoder_dagster.demo_summary import seconds_per_asset
+    from influcoder_dagster.runner import failure_messages, materialization_metadata, materialize
+
+    start = time.perf_counter()
+    runs = materialize(str(root / f"{home}.toml"), root / home, SELECT, workers=workers)
+    wall = time.perf_counter() - start
+    if not runs.success:
+        raise SystemExit(f"{home}: {failure_messages(runs)}")
+    return wall, seconds_per_asset(materialization_metadata(runs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1200, help="samples before the new file")
+    parser.add_argument("--files", type=int, default=4, help="files (shards) the old samples are split into")
     parser.add_argument("--new-fraction", type=float, default=0.05)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -54,40 +60,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
 
-        def config(home: str) -> Config:
-            return Config.model_validate({"home": str(root / home), "dataset": {"path": str(root / f"{home}-data")},
-                                          "model": {"base_model": str(root / "lm")}, "encoder": {"max_seq_length": 96}})
+        def setup(home: str, with_new: bool) -> None:
+            data = root / f"{home}-data"
+            data.mkdir()
+            for i in range(args.files):
+                (data / f"old-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in old[i :: args.files]))
+            if with_new:
+                (data / "new.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in new))
+            (root / f"{home}.toml").write_text(
+                f'home = "{root / home}"\n[dataset]\npath = "{data}"\n[model]\nbase_model = "{root / "lm"}"\n[encoder]\nmax_seq_length = 96\n')
 
-        def write(home: str, name: str, texts: list[str]) -> None:
-            (root / f"{home}-data").mkdir(exist_ok=True)
-            (root / f"{home}-data" / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        # The decoder all runs attribute: trained once on the old corpus, outside the clock.
+        setup("seed", False)
+        seed = Config.model_validate({"home": str(root / "seed"), "dataset": {"path": str(root / "seed-data")}})
+        shutil.copytree(Path(teacher_stages.run_base_model(seed).metadata["path"]), root / "lm")
 
-        # The decoder both runs attribute: trained once on the old corpus, outside the clock.
-        write("seed", "old.jsonl", old)
-        seed_cfg = Config.model_validate({"home": str(root / "seed"), "dataset": {"path": str(root / "seed-data")}})
-        tiny = Path(teacher_stages.run_base_model(seed_cfg).metadata["path"])
-        shutil.copytree(tiny, root / "lm")
+        setup("inc", False)
+        timed_materialize(root, "inc")
+        (root / "inc-data" / "new.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in new))
+        inc_s, incremental = timed_materialize(root, "inc")
+        setup("full", True)
+        full_s, full = timed_materialize(root, "full")
+        setup("par", True)
+        par_s, parallel = timed_materialize(root, "par", workers=2)
 
-        write("inc", "old.jsonl", old)
-        teacher_stages.run_base_model(config("inc"))
-        stages(config("inc"))
-        write("inc", "new.jsonl", new)
-        incremental = stages(config("inc"))
-
-        write("full", "old.jsonl", old)
-        write("full", "new.jsonl", new)
-        teacher_stages.run_base_model(config("full"))
-        full = stages(config("full"))
-
-    total_full, total_inc = sum(full.values()), sum(incremental.values())
-    print(f"\n{args.n} samples + {n_new} new ({args.new_fraction:.0%}); seconds per stage")
-    print(f"{'stage':<22}{'full':>10}{'incremental':>14}")
-    for stage in full:
-        print(f"{stage:<22}{full[stage]:>10.2f}{incremental[stage]:>14.2f}")
-    print(f"{'total':<22}{total_full:>10.2f}{total_inc:>14.2f}   incremental / full = {total_inc / total_full:.2f}")
+    print(f"\n{args.n} samples in {args.files} files + {n_new} new ({args.new_fraction:.0%}); seconds (asset bodies, then wall)")
+    print(f"{'asset':<22}{'full':>10}{'full, 2 workers':>17}{'incremental':>14}")
+    for asset in full:
+        print(f"{asset:<22}{full[asset]:>10.2f}{parallel.get(asset, 0):>17.2f}{incremental.get(asset, 0):>14.2f}")
+    print(f"{'wall (with Dagster)':<22}{full_s:>10.2f}{par_s:>17.2f}{inc_s:>14.2f}")
+    print(f"incremental / full = {inc_s / full_s:.2f}; full with 2 workers / 1 worker = {par_s / full_s:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"n_old": args.n, "n_new": n_new, "full_s": total_full, "incremental_s": total_inc,
-                                               "per_stage": {"full": full, "incremental": incremental}}, indent=2))
+        Path(args.json).write_text(json.dumps({
+            "n_old": args.n, "n_new": n_new, "full_s": full_s, "incremental_s": inc_s, "full_2_workers_s": par_s,
+            "per_asset": {"full": full, "full_2_workers": parallel, "incremental": incremental}}, indent=2))
 
 
 if __name__ == "__main__":

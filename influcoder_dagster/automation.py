@@ -20,8 +20,9 @@ from .resources import InflucoderConfig
 
 MAX_FILES_HASHED_PER_TICK = 500  # a tick hashes at most this many new or changed files; the rest wait for the next
 
-shards = dg.define_asset_job("shards", selection=dg.AssetSelection.assets("tokenized_corpus", "projected_gradients"),
-                             partitions_def=corpus_shards, description="Tokenize one shard and extract its gradients.")
+SHARD_ASSETS = ["tokenized_corpus", "projected_gradients", "shard_embeddings"]
+shards = dg.define_asset_job("shards", selection=dg.AssetSelection.assets(*SHARD_ASSETS), partitions_def=corpus_shards,
+                             description="Tokenize one shard, extract its gradients and embed it.")
 refresh = dg.define_asset_job(
     "refresh", selection=dg.AssetSelection.assets("corpus_manifest", "influence_rankings", "embedding_index"),
     description="Publish the current shards, update the rankings and the index (incremental); no retraining.",
@@ -68,8 +69,7 @@ def _model_stat(base_model: str) -> list:
     return [[str(p), *_stat(p)] for p in files]
 
 
-@dg.sensor(asset_selection=dg.AssetSelection.assets("tokenized_corpus", "projected_gradients", "corpus_manifest",
-                                                    "influence_rankings", "embedding_index"),
+@dg.sensor(asset_selection=dg.AssetSelection.assets(*SHARD_ASSETS, "corpus_manifest", "influence_rankings", "embedding_index"),
            minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Adds a shard partition per new or changed dataset file and requests its run, deletes the "
                        "partitions of removed files, re-ranks when the query file changes, and observes the base model.")
@@ -89,7 +89,7 @@ def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderCo
     added, deleted = sorted(wanted - existing), sorted(existing - wanted)
 
     requests: list[dg.RunRequest] = [
-        dg.RunRequest(partition_key=key, run_key=key, asset_selection=[dg.AssetKey("tokenized_corpus"), dg.AssetKey("projected_gradients")])
+        dg.RunRequest(partition_key=key, run_key=key, asset_selection=[dg.AssetKey(k) for k in SHARD_ASSETS])
         for key in added
     ]
     queries = cfg.dataset.queries_path

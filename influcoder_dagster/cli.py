@@ -102,9 +102,11 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     select = [s.strip() for s in args.select.split(",")] if args.select else None
-    result, meta, gate_held = materialize_with_gate(args.config, cfg.home_path, select)
+    result, meta, gate_held = materialize_with_gate(args.config, cfg.home_path, select, args.workers)
     for name, values in meta.items():
         print(f"materialized {name} in {values.get('wall_seconds', '?')} s")
+    if not meta:
+        print("nothing to do: every selected asset and shard is up to date")
     if gate_held:
         print("the new encoder did not pass its quality gate; the index was refreshed with the current champion (or base encoder)")
     for msg in failure_messages(result):
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="folder to write")
     m = sub.add_parser("materialize", help="materialize assets in-process with the config")
     m.add_argument("--select", help="comma-separated asset names (default: all)")
+    m.add_argument("--workers", type=int, default=1, help="shard partitions materialized at once, each run in its own process")
     return parser
 
 

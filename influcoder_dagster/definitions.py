@@ -6,12 +6,12 @@ imports them inside the functions that need them.
 
 import dagster as dg
 
-from assets import base_model, corpus, encoder, gradients, index, rankings
+from assets import base_model, corpus, embeddings, encoder, gradients, index, rankings
 
 from .automation import dataset_sensor, nightly_reindex, refresh, reindex, retrain, shards, weekly_retrain
 from .resources import InflucoderConfig
 
-ASSET_MODULES = [base_model, corpus, gradients, rankings, encoder, index]
+ASSET_MODULES = [base_model, corpus, gradients, rankings, encoder, embeddings, index]
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ASSET_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 

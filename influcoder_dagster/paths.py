@@ -43,6 +43,10 @@ class Paths:
         return self.models / "encoder.json"
 
     @property
+    def embeddings(self) -> Path:
+        return self.home / "embeddings"
+
+    @property
     def index(self) -> Path:
         return self.home / "index"
 

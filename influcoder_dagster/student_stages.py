@@ -168,52 +168,43 @@ def _champion_spearman(name: str, version: str) -> float | None:
 
 
 def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
-    """Embed the corpus with the champion and index it; with the same encoder, only new and removed samples change."""
-    from . import tracking
+    """Index the corpus's per-shard embeddings from the serving encoder; with the same encoder,
+    only new and removed samples change. Shards not embedded yet for this encoder are embedded here."""
     from .atomic import atomic_dir
-    from .distill import encode, load_encoder
+    from .embeddings import corpus_embeddings, serving_encoder
     from .index import IndexError_, build_index, load_index, save_index, sync_index
-    from .tokenized import read_corpus, read_manifest
+    from .tokenized import read_manifest
 
     paths = Paths(cfg.home_path)
-    tracking.setup(cfg.home_path)
-    name = cfg.encoder.registered_name
-    version = tracking.champion_version(name)
-    encoder_version = f"v{version}" if version is not None else f"base:{cfg.encoder.base or 'all-MiniLM-L6-v2'}"
-    corpus = read_corpus(paths.corpus, columns=["sample_id", "text"])
+    encoder = serving_encoder(cfg)
     manifest = read_manifest(paths.corpus)
-    ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
     try:
         index, previous = load_index(paths.index)
     except IndexError_:
         index, previous = None, {}
-    model = None
+    started = time.perf_counter()
+    ids, vectors, embedded = corpus_embeddings(paths, manifest, encoder, progress)
+    order = np.argsort(ids)
 
     def embed(wanted: np.ndarray) -> np.ndarray:
-        nonlocal model
-        if model is None:
-            model = (tracking.load_registered(cfg.home_path, name, tracking.CHAMPION) if version is not None
-                     else load_encoder(cfg.encoder.base, cfg.encoder.max_seq_length))  # no version has passed the gate yet
-        row = {int(s): i for i, s in enumerate(ids)}
-        return encode(model, [texts[row[int(s)]] for s in wanted], progress=progress)
+        return vectors[order[np.searchsorted(ids, wanted, sorter=order)]]
 
-    started = time.perf_counter()
-    same_encoder = index is not None and previous.get("encoder_version") == encoder_version and paths.index_encoder.exists()
+    same_encoder = index is not None and previous.get("encoder_version") == encoder.version and paths.index_encoder.exists()
     added, removed = sync_index(index, ids, embed) if same_encoder else (None, None)
     if added is None:  # another encoder, no index yet, or an index kind that cannot delete: rebuild
-        index = build_index(embed(ids), ids, cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m, cfg.index.nprobe)
+        index = build_index(vectors, ids, cfg.index.kind, cfg.index.flat_max, cfg.index.hnsw_m, cfg.index.nprobe)
         added, removed = len(ids), 0
-        with atomic_dir(paths.index_encoder) as tmp:
-            model.save(str(tmp))
+        with atomic_dir(paths.index_encoder) as tmp:  # the query path encodes with this very copy
+            encoder.model().save(str(tmp))
     seconds = time.perf_counter() - started
     path = save_index(index, paths.index, {
-        "encoder_name": name, "encoder_version": encoder_version, "dataset_version": manifest["dataset_version"],
+        "encoder_name": cfg.encoder.registered_name, "encoder_version": encoder.version, "dataset_version": manifest["dataset_version"],
         "base_model_hash": manifest["base_model_hash"], "dim": int(index.d), "nprobe": cfg.index.nprobe,
     })
     return StageResult({
-        "path": str(path), "count": int(index.ntotal), "encoder_version": encoder_version, "mode": "update" if same_encoder and added is not None else "rebuild",
-        "samples_embedded": added, "samples_removed": removed, "seconds": round(seconds, 2),
-        "warning": None if version else "no distilled encoder has passed its quality gate; serving the untrained base encoder",
+        "path": str(path), "count": int(index.ntotal), "encoder_version": encoder.version, "mode": "update" if same_encoder and added is not None else "rebuild",
+        "samples_added": added, "samples_removed": removed, "samples_embedded_here": embedded, "seconds": round(seconds, 2),
+        "warning": None if encoder.registered_version else "no distilled encoder has passed its quality gate; serving the untrained base encoder",
         "dataset_version": manifest["dataset_version"], "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
         "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encoder_bytes": dir_size(paths.index_encoder),
-    }, f"{encoder_version}-{manifest['dataset_version']}")
+    }, f"{encoder.version}-{manifest['dataset_version']}")

@@ -24,13 +24,20 @@ def tracking_uri(home: Path) -> str:
 
 
 def setup(home: Path) -> str:
-    """Point MLflow at the embedded store; returns the experiment id."""
+    """Point MLflow at the embedded store; returns the experiment id.
+
+    Parallel shard runs may be the first to open the store: a file lock keeps two processes from
+    creating its sqlite schema at once (MLflow's migrations are not safe against that).
+    """
     import mlflow
+    from filelock import FileLock
 
     mlflow.set_tracking_uri(tracking_uri(home))
     mlflow.set_registry_uri(tracking_uri(home))
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").as_uri())
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home / "mlflow.db.lock")):
+        exp = mlflow.get_experiment_by_name(EXPERIMENT)
+        exp_id = exp.experiment_id if exp else mlflow.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").as_uri())
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

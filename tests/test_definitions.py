@@ -4,7 +4,7 @@ import sys
 import dagster as dg
 
 ASSETS = {"base_model_files", "base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
-          "influcoder_encoder", "embedding_index"}
+          "influcoder_encoder", "shard_embeddings", "embedding_index"}
 
 
 def test_importing_the_code_location_loads_no_heavy_library():
@@ -30,9 +30,10 @@ def test_every_asset_is_wired_with_lineage():
     assert parents("corpus_manifest") == {"tokenized_corpus", "projected_gradients"}
     assert parents("influence_rankings") == {"corpus_manifest", "base_model"}
     assert parents("influcoder_encoder") == {"influence_rankings"}
-    assert parents("embedding_index") == {"influcoder_encoder", "corpus_manifest"}
+    assert parents("shard_embeddings") == {"tokenized_corpus", "influcoder_encoder"}
+    assert parents("embedding_index") == {"shard_embeddings", "influcoder_encoder", "corpus_manifest"}
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned}
-    assert partitioned == {"tokenized_corpus", "projected_gradients"}
+    assert partitioned == {"tokenized_corpus", "projected_gradients", "shard_embeddings"}
     assert defs.resolve_job_def("reindex") is not None and defs.resolve_job_def("shards").partitions_def is not None
     assert {s.name for s in defs.schedules} == {"nightly_reindex", "weekly_retrain"}
 

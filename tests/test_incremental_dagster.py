@@ -20,7 +20,9 @@ from influcoder_dagster.runner import failure_messages, materialization_metadata
 from influcoder_dagster.tokenized import read_corpus
 
 # Everything but the encoder (its training is tested elsewhere): the index then serves the base encoder.
-NO_ENCODER = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings", "embedding_index"]
+NO_ENCODER = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
+              "shard_embeddings", "embedding_index"]
+TEACHER = NO_ENCODER[:5]
 
 
 def write_files(data, names):
@@ -74,6 +76,8 @@ def test_the_sensor_adds_a_partition_per_new_file_and_deletes_those_of_removed_f
         first = tick(None)
         (key_a,) = shard_files(tmp_path / "data")
         assert [r.partition_key for r in first.run_requests] == [key_a]
+        assert {k.to_user_string() for k in first.run_requests[0].asset_selection} == {
+            "tokenized_corpus", "projected_gradients", "shard_embeddings"}
         assert [e.asset_key.to_user_string() for e in first.asset_events] == ["base_model_files"]
         assert isinstance(tick(first.cursor), dg.SkipReason)
 
@@ -105,6 +109,9 @@ def test_a_new_file_costs_only_its_rows_and_a_removed_file_leaves_rankings_and_i
         second = run(config, tmp_path, instance)
         (key_c,) = set(shard_files(tmp_path / "data")) - {k.split("[")[1][:-1] for k in first if "[" in k}
         assert computed(second) == {key_c: len(FILES["c.jsonl"])}  # only the new shard ran, only its rows
+        embedded = {k: v["rows_embedded"] for k, v in second.items() if k.startswith("shard_embeddings[")}
+        assert embedded == {f"shard_embeddings[{key_c}]": len(FILES["c.jsonl"])}
+        assert second["embedding_index"]["samples_added"] == len(FILES["c.jsonl"]) and second["embedding_index"]["samples_embedded_here"] == 0
         assert second["influence_rankings"]["mode"] == "incremental"
         corpus_ids = set(read_corpus(Paths(home).corpus, columns=["sample_id"]).column("sample_id").to_pylist())
         assert len(corpus_ids) == sum(len(v) for v in FILES.values())
@@ -117,7 +124,7 @@ def test_a_new_file_costs_only_its_rows_and_a_removed_file_leaves_rankings_and_i
             rebuild_root = tmp_path / "rebuild"
             write_files(rebuild_root / "data", list(FILES))
             rebuilt = run(write_config(rebuild_root, lm), rebuild_root, fresh, workers=2)
-            assert len(computed(rebuilt)) == 3
+            assert len(computed(rebuilt)) == 3 and sum(k.startswith("shard_embeddings[") for k in rebuilt) == 3
             assert_same_rankings(incremental[0], lists(rebuild_root / "home")[0])
 
         # Removing a file: its rows leave the rankings and the index.
@@ -148,11 +155,10 @@ def test_a_changed_base_model_makes_its_dependents_unsynced_and_rebuilds_all_and
 
     write_files(tmp_path / "data", ["a.jsonl", "b.jsonl"])
     config = write_config(tmp_path, lm)
-    teacher = NO_ENCODER[:-1]
     fresh = {"base_model": "FRESH", "corpus_manifest": "FRESH", "influence_rankings": "FRESH",
              "tokenized_corpus": {"FRESH"}, "projected_gradients": {"FRESH"}}
     with dg.instance_for_test() as instance:
-        run(config, tmp_path, instance, teacher)
+        run(config, tmp_path, instance, TEACHER)
         assert statuses(instance) == fresh
         observe_base_model(InflucoderConfig(config_path=config).load(), instance)  # same files: nothing stale
         assert statuses(instance) == fresh
@@ -168,7 +174,7 @@ def test_a_changed_base_model_makes_its_dependents_unsynced_and_rebuilds_all_and
         run(config, tmp_path, instance, ["base_model"])
         assert statuses(instance) == {**fresh, "influence_rankings": "STALE", "tokenized_corpus": {"STALE"},
                                       "projected_gradients": {"STALE"}}
-        again = run(config, tmp_path, instance, teacher)
+        again = run(config, tmp_path, instance, TEACHER)
         assert sum(computed(again).values()) == len(FILES["a.jsonl"]) + len(FILES["b.jsonl"])  # a new store, all rows
         assert again["influence_rankings"]["mode"] == "rebuild"
         assert statuses(instance) == fresh
@@ -180,7 +186,7 @@ def test_automation_conditions_request_a_new_partition_eagerly_and_retrain_weekl
     write_files(tmp_path / "data", ["a.jsonl"])
     config = write_config(tmp_path, lm)
     with dg.instance_for_test() as instance:
-        run(config, tmp_path, instance, NO_ENCODER[:-1])
+        run(config, tmp_path, instance, TEACHER)
         now = datetime.datetime.now(datetime.timezone.utc)
         last_sunday = (now - datetime.timedelta(days=(now.weekday() + 1) % 7 or 7)).replace(hour=3, minute=0, second=0)
         before_tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=last_sunday - datetime.timedelta(hours=1))

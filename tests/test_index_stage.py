@@ -22,10 +22,12 @@ def test_new_and_removed_files_only_touch_their_samples(tmp_path, local_lm):
 
     build(home, tmp_path / "d", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm)
     grown = run_embedding_index(config, progress=False)
-    assert grown.metadata["mode"] == "update" and grown.metadata["samples_embedded"] == len(FILES["c.jsonl"])
+    m = grown.metadata
+    assert m["mode"] == "update" and m["samples_added"] == m["samples_embedded_here"] == len(FILES["c.jsonl"])
     build(home, tmp_path / "d", ["a.jsonl", "c.jsonl"], local_lm)
     shrunk = run_embedding_index(config, progress=False)
-    assert (shrunk.metadata["samples_embedded"], shrunk.metadata["samples_removed"]) == (0, len(FILES["b.jsonl"]))
+    m = shrunk.metadata
+    assert (m["samples_added"], m["samples_embedded_here"], m["samples_removed"]) == (0, 0, len(FILES["b.jsonl"]))
     index, manifest = load_index(Paths(home).index)
     corpus_ids = read_corpus(Paths(home).corpus, columns=["sample_id"]).column("sample_id").to_numpy()
     np.testing.assert_array_equal(np.sort(index_ids(index)), np.sort(corpus_ids))

@@ -1,0 +1,115 @@
+"""Per-shard encoder embeddings: ``embeddings/<encoder version>/<shard>.npy`` (float32, unit rows)
+plus ``<shard>.json`` (rows, the shard's fingerprint), written by the shard's own partition.
+
+The index is assembled from these files, so embedding runs per shard and in parallel; a shard is
+re-embedded only when its tokens or the serving encoder change.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .atomic import atomic_path, read_json, write_json
+from .config import Config
+from .paths import Paths
+from .teacher_stages import StageResult, short_hash
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@dataclass
+class ServingEncoder:
+    """The encoder the index serves: the MLflow champion, else the untrained starting encoder."""
+
+    cfg: Config
+    registered_version: str | None
+    _model: Any = None
+
+    @property
+    def version(self) -> str:
+        if self.registered_version is not None:
+            return f"v{self.registered_version}"
+        return f"base:{self.cfg.encoder.base or 'all-MiniLM-L6-v2'}"
+
+    def model(self) -> Any:
+        """Loaded on first use: a shard whose embeddings exist needs no encoder."""
+        from . import tracking
+        from .distill import load_encoder
+
+        if self._model is None:
+            self._model = (tracking.load_registered(self.cfg.home_path, self.cfg.encoder.registered_name, tracking.CHAMPION)
+                           if self.registered_version is not None
+                           else load_encoder(self.cfg.encoder.base, self.cfg.encoder.max_seq_length))
+        return self._model
+
+
+def serving_encoder(cfg: Config) -> ServingEncoder:
+    from . import tracking
+
+    tracking.setup(cfg.home_path)
+    return ServingEncoder(cfg, tracking.champion_version(cfg.encoder.registered_name))
+
+
+def folder(paths: Paths, encoder_version: str) -> Path:
+    return paths.embeddings / re.sub(r"[^A-Za-z0-9._-]+", "_", encoder_version)
+
+
+def ensure_shard(paths: Paths, name: str, encoder: ServingEncoder, progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sample ids, embeddings, rows embedded now) of shard ``name`` under ``encoder``; embeds only
+    if its file is missing or was made from other tokens."""
+    import pyarrow.parquet as pq
+
+    from .distill import encode
+    from .tokenized import shard_entry
+
+    entry = shard_entry(paths.corpus, name)
+    if entry is None:
+        raise FileNotFoundError(f"shard {name} is not tokenized; materialize tokenized_corpus[{name}]")
+    root = folder(paths, encoder.version)
+    meta = root / f"{name}.json"
+    table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "text"])
+    ids = table.column("sample_id").to_numpy()
+    if meta.exists() and read_json(meta)["fingerprint"] == entry["fingerprint"]:
+        return ids, np.load(root / f"{name}.npy"), 0
+    vectors = encode(encoder.model(), table.column("text").to_pylist(), progress=progress) if len(ids) else np.zeros((0, 1), np.float32)
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(root / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, vectors)
+    write_json(meta, {"rows": len(ids), "fingerprint": entry["fingerprint"], "encoder_version": encoder.version})
+    return ids, vectors, len(ids)
+
+
+def run_shard_embeddings(cfg: Config, name: str, progress: bool = False) -> StageResult:
+    paths = Paths(cfg.home_path)
+    encoder = serving_encoder(cfg)
+    started = time.perf_counter()
+    ids, vectors, embedded = ensure_shard(paths, name, encoder, progress)
+    seconds = time.perf_counter() - started
+    return StageResult({
+        "path": str(folder(paths, encoder.version) / f"{name}.npy"), "encoder_version": encoder.version, "rows": len(ids),
+        "rows_embedded": embedded, "dim": int(vectors.shape[1]) if len(ids) else None, "bytes": int(vectors.nbytes),
+        "samples_per_s": embedded / seconds if embedded else None,
+    }, short_hash(encoder.version, read_json(paths.corpus / f"{name}.json")["fingerprint"]))
+
+
+def corpus_embeddings(paths: Paths, manifest: dict[str, Any], encoder: ServingEncoder, progress: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids, embeddings, rows embedded now) of the published corpus, cross-shard duplicates left out;
+    shards without embeddings for this encoder are embedded here (e.g. by the nightly reindex)."""
+    all_ids, all_vectors, embedded = [], [], 0
+    for name in sorted(manifest["shards"]):
+        ids, vectors, n = ensure_shard(paths, name, encoder, progress)
+        keep = np.ones(len(ids), dtype=bool)
+        keep[manifest["shards"][name].get("excluded", [])] = False
+        all_ids.append(ids[keep])
+        all_vectors.append(vectors[keep])
+        embedded += n
+    nonempty = [v for v in all_vectors if len(v)]
+    return (np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64),
+            np.concatenate(nonempty) if nonempty else np.zeros((0, 1), np.float32), embedded)
