@@ -84,7 +84,7 @@ class _Teacher:
         base = read_json(paths.base_model_pointer)
         if base["model_hash"] != self.store.manifest["base_model_hash"]:
             raise IndexError_("the gradient store was built on another base model; materialize 'projected_gradients'")
-        model, self.tokenizer = load_decoder(base["path"])
+        model, self.tokenizer = load_decoder(base["path"], base.get("adapter"))
         self.max_length = max_length
         self.extractor = GradientExtractor(model, ProjectionSpec.from_json(self.store.manifest["projection"]), self.tokenizer.pad_token_id)
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -53,6 +53,17 @@ class ProjectionConfig(_Section):
     normalize_modules: bool = Field(False, description="unit-normalize each module block before concatenation")
     batch_size: int = 16
     out_of_process: bool = Field(False, description="extract each shard in its own process through Dagster Pipes")
+    target: Literal["weights", "lora"] = Field("weights", description="gradients of every Linear weight, or of LoRA adapters")
+    lora_rank: int = 8
+    lora_warmup_steps: int = Field(100, description="AdamW steps that train the adapters before any gradient is taken")
+    lora_lr: float = 2e-4
+    adam_precondition: bool = Field(False, description="pool gradients as the warm-up's Adam update direction (LESS)")
+
+    @model_validator(mode="after")
+    def _adam_needs_lora_sketch(self) -> ProjectionConfig:
+        if self.adam_precondition and (self.target != "lora" or self.kind != "countsketch"):
+            raise ValueError("projection.adam_precondition needs target = 'lora' (its optimizer state) and kind = 'countsketch'")
+        return self
 
 
 class RankingConfig(_Section):

@@ -71,8 +71,9 @@ def model_dir_hash(path: str | Path) -> str:
     return hash_files(files, root=p)[:16]
 
 
-def load_decoder(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM for gradient extraction: eager attention, eval mode, a pad token set."""
+def load_decoder(path: str | Path, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM for gradient extraction: eager attention, eval mode, a pad token set; with
+    its warmed-up LoRA ``adapter`` folder when the teacher attributes adapters."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path)
@@ -86,6 +87,10 @@ def load_decoder(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
     tokenizer.padding_side = "right"
     model = AutoModelForCausalLM.from_pretrained(p, attn_implementation="eager", dtype="float32")
     model.eval()
+    if adapter is not None:
+        from .lora import load_adapters
+
+        model = load_adapters(model, Path(adapter))
     return model, tokenizer
 
 

@@ -13,7 +13,7 @@ from .metrics import planted_recall
 from .paths import Paths
 
 ASSET_ORDER = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
-               "influcoder_encoder", "embedding_index"]
+               "influcoder_encoder", "shard_embeddings", "embedding_index"]
 
 
 def seconds_per_asset(meta: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .decoder import Encoded, length_sorted_batches, pad_batch
+from .lora import adam_direction
 from .projection import ProjectionSpec, Projector, plan_projection
 
 if TYPE_CHECKING:
@@ -21,15 +22,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def trackable_modules(model: PreTrainedModel, include_lm_head: bool = False) -> list[tuple[str, int, int]]:
-    """``(name, d_in, d_out)`` of every Linear and GPT-2 Conv1D (whose weight is stored in x out)."""
+def trackable_modules(model: PreTrainedModel, include_lm_head: bool = False, lora_only: bool = False) -> list[tuple[str, int, int]]:
+    """``(name, d_in, d_out)`` of every Linear and GPT-2 Conv1D (whose weight is stored in x out);
+    with ``lora_only``, of the LoRA adapters' A and B matrices only."""
     import torch
     from transformers.pytorch_utils import Conv1D
+
+    from .lora import is_lora_module
 
     out = []
     head = model.get_output_embeddings()
     for name, mod in model.named_modules():
-        if mod is head and not include_lm_head:
+        if (mod is head and not include_lm_head) or lora_only != is_lora_module(name):
             continue
         if isinstance(mod, torch.nn.Linear):
             out.append((name, mod.in_features, mod.out_features))
@@ -38,18 +42,26 @@ def trackable_modules(model: PreTrainedModel, include_lm_head: bool = False) -> 
     return out
 
 
-def projection_for(model: PreTrainedModel, kind: str, dim: int, seed: int, normalize_modules: bool = False) -> ProjectionSpec:
-    return plan_projection(kind, dim, seed, trackable_modules(model), normalize_modules)
+def projection_for(model: PreTrainedModel, kind: str, dim: int, seed: int, normalize_modules: bool = False,
+                   lora_only: bool = False) -> ProjectionSpec:
+    return plan_projection(kind, dim, seed, trackable_modules(model, lora_only=lora_only), normalize_modules)
 
 
 class GradientExtractor:
     """Projected per-sample gradients for batches of :class:`Encoded` samples."""
 
-    def __init__(self, model: PreTrainedModel, spec: ProjectionSpec, pad_token_id: int) -> None:
+    def __init__(self, model: PreTrainedModel, spec: ProjectionSpec, pad_token_id: int,
+                 adam: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """``adam``: module name -> the warm-up's (exp_avg, exp_avg_sq); those modules' per-sample
+        gradients are formed in full and turned into the Adam update direction before the
+        projection (CountSketch only: LoGra would project the input before the gradient exists)."""
         self.model = model.eval()
         self.spec = spec
         self.projector = Projector(spec)
         self.pad_token_id = pad_token_id
+        self.adam = adam or {}
+        if self.adam and spec.kind != "countsketch":
+            raise ValueError("Adam preconditioning needs projection.kind = 'countsketch'")
         for p in model.parameters():
             p.requires_grad_(False)
         modules = dict(model.named_modules())
@@ -101,8 +113,12 @@ class GradientExtractor:
                 block = 0
                 for x in self._inputs[name]:
                     delta = next(g)
-                    if delta is not None:
+                    if delta is not None and name in self.adam:  # summed over tokens first: Adam acts on the sample's gradient
+                        block = block + torch.einsum("bto,bti->boi", delta, x)
+                    elif delta is not None:
                         block = block + self.projector.per_sample(name, x, delta)
+                if name in self.adam and not isinstance(block, int):
+                    block = self.projector.sketch(name, adam_direction(block, *self.adam[name]).flatten(1))
                 if isinstance(block, int):
                     block = torch.zeros(len(samples), next(m.width for m in self.spec.modules if m.name == name))
                 if self.spec.normalize_modules:

@@ -105,16 +105,17 @@ class Projector:
 
         if self.spec.kind == "logra":
             return torch.einsum("bto,bti->boi", delta @ self._params[name][1], x).flatten(1)
-        return self._sketch(name, torch.einsum("bto,bti->boi", delta, x).flatten(1))
+        return self.sketch(name, torch.einsum("bto,bti->boi", delta, x).flatten(1))
 
     def project_full(self, name: str, grad_out_in: torch.Tensor) -> torch.Tensor:
         """Project one explicit (d_out, d_in) gradient the same way; the reference for tests."""
         if self.spec.kind == "logra":
             p_in, p_out = self._params[name]
             return (p_out.T @ grad_out_in @ p_in).flatten()
-        return self._sketch(name, grad_out_in.flatten()[None])[0]
+        return self.sketch(name, grad_out_in.flatten()[None])[0]
 
-    def _sketch(self, name: str, flat: torch.Tensor) -> torch.Tensor:
+    def sketch(self, name: str, flat: torch.Tensor) -> torch.Tensor:
+        """CountSketch of flattened (B, d_out * d_in) per-module gradients."""
         import torch
 
         bucket, sign = self._params[name]

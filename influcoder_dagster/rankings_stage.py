@@ -38,16 +38,17 @@ QUERY_CACHE = "user_queries.npz"
 
 
 class _Decoder:
-    """Loads the base model only if some query gradient has to be computed."""
+    """Loads the base model only if some query gradient has to be computed. Query gradients are
+    plain (never Adam-preconditioned): LESS's asymmetry between validation and train gradients."""
 
-    def __init__(self, path: str, cfg: Config) -> None:
-        self.path, self.cfg, self._loaded = path, cfg, None
+    def __init__(self, base: dict[str, Any], cfg: Config) -> None:
+        self.base, self.cfg, self._loaded = base, cfg, None
 
     def load(self) -> tuple[Any, Any]:
         from .decoder import load_decoder
 
         if self._loaded is None:
-            self._loaded = load_decoder(self.path)
+            self._loaded = load_decoder(self.base["path"], self.base.get("adapter"))
         return self._loaded
 
     def gradients(self, spec: Any, texts: list[str], prompts: list[str | None] | None) -> np.ndarray:
@@ -121,7 +122,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     row_of = {int(s): i for i, s in enumerate(ids)}
     texts, metas = corpus.column("text").to_pylist(), corpus.column("meta").to_pylist()
     spec = ProjectionSpec.from_json(store.manifest["projection"])
-    decoder = _Decoder(base["path"], cfg)
+    decoder = _Decoder(base, cfg)
 
     shards_now = sorted(manifest["shards"])
     # Cross-shard duplicates are in the hash: when they change (the file a sample was first seen in

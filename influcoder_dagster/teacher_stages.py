@@ -73,9 +73,29 @@ def run_base_model(cfg: Config) -> StageResult:
         return all_texts(read_dataset(path, cfg.dataset.text_field, cfg.dataset.max_chars, cfg.dataset.min_chars))
 
     info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg))
-    record = {"path": str(info.path), "model_hash": info.model_hash, "kind": info.kind, "n_params": info.n_params}
+    record: dict[str, Any] = {"path": str(info.path), "model_hash": info.model_hash, "kind": info.kind, "n_params": info.n_params,
+                              "weights_hash": info.model_hash, "adapter": None}
+    if cfg.projection.target == "lora":
+        record.update(_warm_adapters(cfg, info, texts, paths))
     write_json(paths.base_model_pointer, record)
-    return StageResult({**record, "bytes": dir_size(info.path)}, info.model_hash)
+    return StageResult({**record, "bytes": dir_size(info.path)}, record["model_hash"])
+
+
+def _warm_adapters(cfg: Config, info: Any, texts: Any, paths: Paths) -> dict[str, Any]:
+    """The LoRA adapters the teacher attributes: trained once per (model, recipe) on a sample of the
+    corpus; ``model_hash`` then names the model *with* its adapters, so stores never mix."""
+    from .decoder import load_decoder, model_dir_hash
+    from .lora import LoraRecipe, warm_up
+
+    p = cfg.projection
+    recipe = LoraRecipe(p.lora_rank, p.lora_warmup_steps, p.lora_lr, p.batch_size, cfg.model.max_length, p.seed)
+    folder = paths.models / f"lora-{short_hash(info.model_hash, recipe.__dict__)}"
+    if not (folder / "adapter_config.json").is_file():
+        model, tokenizer = load_decoder(info.path)
+        warm_up(model, tokenizer, texts(), recipe, folder)
+    adapter_hash = model_dir_hash(folder)
+    return {"adapter": str(folder), "adapter_hash": adapter_hash, "lora_rank": p.lora_rank,
+            "lora_warmup_steps": p.lora_warmup_steps, "model_hash": short_hash(info.model_hash, adapter_hash)}
 
 
 def base_model_record(paths: Paths) -> dict[str, Any]:
@@ -122,6 +142,7 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
 
     from .decoder import Encoded, length_sorted_batches, load_decoder
     from .gradients import GradientExtractor, projection_for
+    from .lora import adam_state
     from .store import GradientStore
     from .tokenized import shard_entry
 
@@ -132,8 +153,8 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
         raise FileNotFoundError(f"shard {name} is not tokenized for the current base model; materialize tokenized_corpus[{name}]")
     p = cfg.projection
     started = time.perf_counter()
-    model, tokenizer = load_decoder(base["path"])
-    spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules)
+    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
+    spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
     store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], requested=requested_projection(cfg))
     computed = 0
     if not store.has_shard(name, entry["fingerprint"]):
@@ -141,7 +162,8 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
         writer = store.writer(name, table.column("sample_id").to_numpy(), entry["fingerprint"])
         seqs = table.column("input_ids").to_pylist()
         missing = writer.missing_rows()
-        extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)
+        adam = adam_state(Path(base["adapter"])) if p.adam_precondition else None
+        extractor = GradientExtractor(model, spec, tokenizer.pad_token_id, adam)
         for batch in tqdm(list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size)),
                           desc=f"gradients {name}", disable=not progress):
             rows = missing[batch]
@@ -159,8 +181,9 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
 
 
 def requested_projection(cfg: Config) -> dict[str, Any]:
-    """The projection settings that decide the store's rows (batch size and where it runs do not)."""
-    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process"})
+    """The projection settings that decide the store's rows (batch size and where it runs do not;
+    the LoRA recipe is in the model hash)."""
+    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process", "lora_rank", "lora_warmup_steps", "lora_lr"})
 
 
 def run_corpus_manifest(cfg: Config, names: list[str]) -> StageResult:

@@ -54,3 +54,28 @@ def test_queries_may_hold_a_line_separator_inside_a_string(tmp_path):
     path.write_text(json.dumps({"text": "one\u2028two", "prompt": "one"}, ensure_ascii=False) + "\n", encoding="utf-8")
     (q,) = teacher_stages.read_queries(path)
     assert q["text"] == "one\u2028two" and q["prompt"] == "one"
+
+
+def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned_pool_gradients(tmp_path, local_lm):
+    from influcoder_dagster.paths import Paths
+    from influcoder_dagster.rankings_stage import run_influence_rankings
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"sample number {i} talks about topic {i % 7}."}) + "\n" for i in range(40)))
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "sample number 3 talks about topic 3."}) + "\n")
+    cfg = Config.model_validate({
+        "home": str(tmp_path / "home"), "dataset": {"path": str(data), "queries_path": str(queries)},
+        "model": {"base_model": str(local_lm), "max_length": 32},
+        "projection": {"dim": 256, "kind": "countsketch", "target": "lora", "lora_rank": 4, "lora_warmup_steps": 5,
+                       "adam_precondition": True},
+        "rankings": {"anchor_fraction": 0.25, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 10},
+    })
+    base = teacher_stages.run_base_model(cfg)
+    assert base.metadata["adapter"] and base.data_version != model_dir_hash(local_lm)  # the model *with* its adapters
+    teacher = teacher_stages.run_all_shards(cfg, progress=False)
+    store = teacher_stages.open_store(Paths(cfg.home_path))
+    assert teacher.metadata["gradient_rows"] == 40 and store.manifest["base_model_hash"] == base.data_version
+    assert all(".lora_" in m["name"] for m in store.manifest["projection"]["modules"])
+    rankings = run_influence_rankings(cfg, progress=False)
+    assert rankings.metadata["score_rows_written"] > 0
