@@ -11,9 +11,13 @@ parameter set (the weights of every Linear/Conv1D but the LM head) and the same 
   physical limit;
 * ``per_sample_loop``: batch size 1, full weight gradients, then the same projection.
 
+* the peers TRAK, LogIX, Kronfluence and dattri (``benchmarks/peers/``), each extracting the same
+  samples' projected gradients its own way at about the same dim; install them first with
+  ``bash benchmarks/peers/install.sh`` (into ``benchmarks/.peers``, not the project's environment);
+  a peer that fails gets a row saying why.
+
 ``spearman`` is the mean per-query Spearman of each method's cosine scores against the exact
 (unprojected) gradient cosine on a subset. Every method runs in its own process for its peak RSS.
-Peers (TRAK, LogIX, Kronfluence, dattri) are not installed by this script; their rows say so.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.rankings import peak_rss_mb, run_in_process  # noqa: E402
 
-PEERS = {name: {"error": "not installed in this benchmark environment yet"} for name in ("trak", "logix", "kronfluence", "dattri")}
 
 
 def load(home: str | None, model_dir: str | None = None):
@@ -76,6 +79,16 @@ def exact_and_projected(model, projector, enc, names, with_exact: bool):
 
 
 def method(name: str, home: str | None, model_dir: str | None, n: int, dim: int, out: mp.Queue) -> None:
+    try:
+        out.put(_method(name, home, model_dir, n, dim))
+    except Exception as exc:  # a peer that breaks gets a row saying why, not a dead benchmark
+        out.put({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"})
+
+
+def _method(name: str, home: str | None, model_dir: str | None, n: int, dim: int) -> dict:
+    import importlib
+
+    from benchmarks import peers
 
     from influcoder_dagster.decoder import length_sorted_batches, pad_batch, tokenize_for_loss
     from influcoder_dagster.gradients import GradientExtractor, compute_gradients, projection_for
@@ -92,15 +105,20 @@ def method(name: str, home: str | None, model_dir: str | None, n: int, dim: int,
             ids, mask = pad_batch([enc[i].input_ids for i in batch], tok.pad_token_id)
             model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
         grads = None
-    else:
+    elif name == "per_sample_loop":
         from influcoder_dagster.projection import Projector
 
         _, grads = exact_and_projected(model, Projector(spec), enc, [m.name for m in spec.modules], with_exact=False)
+    else:
+        peers.enable()
+        peer = importlib.import_module(f"benchmarks.peers.{name}")
+        start = time.perf_counter()  # the peer library's import is not part of its throughput
+        grads = peer.extract(model, tok, enc, spec.dim, 16)
     seconds = time.perf_counter() - start
     result = {"samples_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
     if grads is not None:
-        result["grads"] = grads[:48]
-    out.put(result)
+        result["grads"] = np.asarray(grads[:48], dtype=np.float32)
+    return result
 
 
 def main() -> None:
@@ -109,6 +127,7 @@ def main() -> None:
     parser.add_argument("--model", help="a Hugging Face causal-LM folder (e.g. from `influcoder import-gguf`)")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--peers", nargs="*", help="which peers to run (default: all)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -128,7 +147,10 @@ def main() -> None:
         truth = unit[: min(16, n_exact)] @ unit.T
     del model
 
-    rows = {name: run_in_process(method, name, args.home, args.model, args.n, args.dim) for name in ("ours", "train_step", "per_sample_loop")}
+    from benchmarks.peers import NAMES
+
+    rows = {name: run_in_process(method, name, args.home, args.model, args.n, args.dim)
+            for name in ("ours", "train_step", "per_sample_loop", *(args.peers or NAMES))}
     for r in rows.values():
         grads = r.pop("grads", None)
         if grads is not None and truth is not None:
@@ -137,7 +159,7 @@ def main() -> None:
     limit = rows["train_step"]["samples_per_s"]
     print(f"\n{args.n} samples, {len(spec.modules)} layers ({n_params:,} weights), projection dim {spec.dim}")
     print(f"{'method':<18}{'samples/s':>12}{'vs train step':>15}{'spearman':>10}{'peak RSS MB':>13}")
-    for name, r in {**rows, **PEERS}.items():
+    for name, r in rows.items():
         if "error" in r:
             print(f"{name:<18}  {r['error']}")
             continue
@@ -145,7 +167,8 @@ def main() -> None:
         print(f"{name:<18}{r['samples_per_s']:>12.1f}{r['samples_per_s'] / limit:>14.2f}x{sp:>10}{r['peak_rss_mb']:>13,.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"dim": spec.dim, "ours": rows["ours"], "train_step": {"samples_per_s": limit},
-                                               "per_sample_loop": rows["per_sample_loop"], "peers": PEERS}, indent=2))
+                                               "per_sample_loop": rows["per_sample_loop"],
+                                               "peers": {p: rows[p] for p in rows if p not in ("ours", "train_step", "per_sample_loop")}}, indent=2))
 
 
 if __name__ == "__main__":
