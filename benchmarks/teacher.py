@@ -95,6 +95,8 @@ def _method(name: str, home: str | None, model_dir: str | None, n: int, dim: int
 
     model, tok, texts = load(home, model_dir)
     enc = tokenize_for_loss(tok, texts[:n], 128)
+    if name.startswith("ours@"):  # ours at another dim: the comparison at equal fidelity
+        name, dim = "ours", int(name.split("@")[1])
     spec = projection_for(model, "logra", dim, seed=0)
     start = time.perf_counter()
     if name == "ours":
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--peers", nargs="*", help="which peers to run (default: all)")
+    parser.add_argument("--ours-dims", nargs="*", type=int, default=[], help="extra rows of ours at these dims (to match a peer's fidelity)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -150,7 +153,8 @@ def main() -> None:
     from benchmarks.peers import NAMES
 
     rows = {name: run_in_process(method, name, args.home, args.model, args.n, args.dim)
-            for name in ("ours", "train_step", "per_sample_loop", *(args.peers or NAMES))}
+            for name in ("ours", *(f"ours@{d}" for d in args.ours_dims), "train_step", "per_sample_loop",
+                         *(NAMES if args.peers is None else args.peers))}
     for r in rows.values():
         grads = r.pop("grads", None)
         if grads is not None and truth is not None:
@@ -168,7 +172,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"dim": spec.dim, "ours": rows["ours"], "train_step": {"samples_per_s": limit},
                                                "per_sample_loop": rows["per_sample_loop"],
-                                               "peers": {p: rows[p] for p in rows if p not in ("ours", "train_step", "per_sample_loop")}}, indent=2))
+                                               "ours_at_dim": {p.split("@")[1]: rows[p] for p in rows if p.startswith("ours@")},
+                                               "peers": {p: rows[p] for p in rows if p in NAMES}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -7,3 +7,4 @@ cd "$(dirname "$0")/.."
 PIP="${PIP:-../.venv/bin/pip}"
 $PIP install -q --no-deps --target .peers traker dattri kronfluence==1.0.1
 $PIP install -q --no-deps --ignore-requires-python --target .peers logix-ai
+$PIP install -q --no-deps --target .peers einops einconv opt_einsum  # kronfluence and logix need these
