@@ -49,7 +49,9 @@ class Attributor:
         """Top-k samples per text; with ``rerank`` > k, recalled from the index and ordered by the teacher."""
         from .index import search
 
-        emb = self.encoder.encode(texts, convert_to_numpy=True, normalize_embeddings=True).astype(np.float32)
+        from .distill import encode
+
+        emb = encode(self.encoder, texts, "query")
         scores, ids = search(self.index, emb, max(k, rerank))
         if not rerank:
             return [[self._hit(r, int(sid), float(s)) for r, (s, sid) in enumerate(zip(srow, irow, strict=True), start=1) if sid >= 0]

@@ -89,6 +89,7 @@ class EncoderConfig(_Section):
     lr: float = 3e-5
     train_layers: int = Field(2, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
     max_seq_length: int = 96
+    asymmetric: bool = Field(False, description="separate query and pool heads on the shared encoder (Router)")
     tau_teacher: float = 1.0
     tau_student: float = 0.05
     w_listwise: float = 1.0

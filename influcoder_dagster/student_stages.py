@@ -100,8 +100,8 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     finally:
         con.close()
     teacher_run, model_hash, dataset_version, projection, dim, proj_seed = run_row
-    model = load_encoder(e.base, e.max_seq_length)
-    embed = lambda texts: encode(model, texts)  # noqa: E731 - reads the model as it is at call time
+    model = load_encoder(e.base, e.max_seq_length, e.asymmetric)
+    embed = lambda texts, role: encode(model, texts, role)  # noqa: E731 - reads the model as it is at call time
     table: dict[str, dict[str, float]] = {"untrained": evaluate(embedding_scorer(embed), data)}
     table["bm25"] = evaluate(bm25_scorer, data)
     table["random"] = evaluate(random_scorer(e.seed), data)

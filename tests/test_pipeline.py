@@ -67,12 +67,13 @@ def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pip
     assert set(evaluation) == {"student", "teacher_ceiling", "untrained", "bm25", "random"}
     assert {"spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100", "planted_recall"} <= set(evaluation["student"])
     # Identity: the reloaded model reproduces the evaluation the trained model got in memory.
+    from influcoder_dagster.distill import encode
     from influcoder_dagster.evaluation import embedding_scorer, evaluate
     from influcoder_dagster.rankings_db import connect_readonly
     from influcoder_dagster.student_stages import load_eval_set
 
     data, _, _ = load_eval_set(connect_readonly(home), 10)
-    again = evaluate(embedding_scorer(lambda t: logged.encode(t, normalize_embeddings=True)), data)
+    again = evaluate(embedding_scorer(lambda t, role: encode(logged, t, role)), data)
     for metric, value in evaluation["student"].items():
         assert abs(again[metric] - value) < 1e-6, metric
     index_encoder = SentenceTransformer(str(Paths(home).index_encoder), device="cpu")

@@ -1,0 +1,29 @@
+"""The asymmetric encoder: query and pool heads on one shared encoder."""
+
+import numpy as np
+
+from influcoder_dagster.config import EncoderConfig
+from influcoder_dagster.distill import AnchorGroup, encode, is_asymmetric, load_encoder, train_encoder
+
+TEXTS = ["Return the sum of the items.", "Open a file and return a stream.", "When the quartz heron sings at midnight,"]
+
+
+def test_asymmetric_heads_start_as_the_identity_learn_apart_and_survive_a_reload(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    plain = load_encoder(None, 32)
+    model = load_encoder(None, 32, asymmetric=True)
+    assert is_asymmetric(model) and not is_asymmetric(plain)
+    np.testing.assert_allclose(encode(model, TEXTS, "query"), encode(plain, TEXTS), atol=1e-6)
+    np.testing.assert_allclose(encode(model, TEXTS, "document"), encode(plain, TEXTS), atol=1e-6)
+
+    groups = [AnchorGroup(t, {"top": ([TEXTS[(i + 1) % 3]], np.array([1.0], np.float32)),
+                              "bottom": ([TEXTS[(i + 2) % 3]], np.array([-1.0], np.float32))}) for i, t in enumerate(TEXTS)]
+    cfg = EncoderConfig(epochs=3, anchors_per_step=3, n_top=1, n_bottom=1, n_random=0, lr=1e-3, max_seq_length=32, asymmetric=True)
+    train_encoder(model, groups, cfg, progress=False)
+    query, document = encode(model, TEXTS, "query"), encode(model, TEXTS, "document")
+    assert not np.allclose(query, document, atol=1e-4)  # the two heads moved apart
+    model.save(str(tmp_path / "enc"))
+    again = SentenceTransformer(str(tmp_path / "enc"), device="cpu", local_files_only=True)
+    np.testing.assert_allclose(encode(again, TEXTS, "query"), query, atol=1e-5)
+    np.testing.assert_allclose(encode(again, TEXTS, "document"), document, atol=1e-5)
