@@ -23,8 +23,9 @@ MAX_FILES_HASHED_PER_TICK = 500  # a tick hashes at most this many new or change
 SHARD_ASSETS = ["tokenized_corpus", "projected_gradients", "shard_embeddings"]
 shards = dg.define_asset_job("shards", selection=dg.AssetSelection.assets(*SHARD_ASSETS), partitions_def=corpus_shards,
                              description="Tokenize one shard, extract its gradients and embed it.")
+REFRESH_ASSETS = ["corpus_manifest", "influence_rankings", "embedding_index"]
 refresh = dg.define_asset_job(
-    "refresh", selection=dg.AssetSelection.assets("corpus_manifest", "influence_rankings", "embedding_index"),
+    "refresh", selection=dg.AssetSelection.assets(*REFRESH_ASSETS),
     description="Publish the current shards, update the rankings and the index (incremental); no retraining.",
 )
 reindex = dg.define_asset_job("reindex", selection=dg.AssetSelection.assets("embedding_index"),
@@ -69,7 +70,7 @@ def _model_stat(base_model: str) -> list:
     return [[str(p), *_stat(p)] for p in files]
 
 
-@dg.sensor(asset_selection=dg.AssetSelection.assets(*SHARD_ASSETS, "corpus_manifest", "influence_rankings", "embedding_index"),
+@dg.sensor(asset_selection=dg.AssetSelection.assets(*SHARD_ASSETS, *REFRESH_ASSETS),
            minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Adds a shard partition per new or changed dataset file and requests its run, deletes the "
                        "partitions of removed files, re-ranks when the query file changes, and observes the base model.")
@@ -96,7 +97,7 @@ def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderCo
     queries_stat = _stat(Path(queries)) if queries and Path(queries).exists() else None
     if deleted and not added:  # nothing new for eager automation to follow: publish the smaller corpus now
         requests.append(dg.RunRequest(run_key=f"deleted-{hashlib.sha256(''.join(deleted).encode()).hexdigest()[:12]}",
-                                      asset_selection=[dg.AssetKey(k) for k in ("corpus_manifest", "influence_rankings", "embedding_index")]))
+                                      asset_selection=[dg.AssetKey(k) for k in REFRESH_ASSETS]))
     elif "queries" in cursor and queries_stat != cursor["queries"]:
         requests.append(dg.RunRequest(run_key=f"queries-{queries_stat}", asset_selection=[dg.AssetKey("influence_rankings")]))
 

@@ -73,9 +73,10 @@ def ensure_shard(paths: Paths, name: str, encoder: ServingEncoder, progress: boo
         raise FileNotFoundError(f"shard {name} is not tokenized; materialize tokenized_corpus[{name}]")
     root = folder(paths, encoder.version)
     meta = root / f"{name}.json"
-    table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "text"])
+    reuse = meta.exists() and read_json(meta)["fingerprint"] == entry["fingerprint"]
+    table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id"] if reuse else ["sample_id", "text"])
     ids = table.column("sample_id").to_numpy()
-    if meta.exists() and read_json(meta)["fingerprint"] == entry["fingerprint"]:
+    if reuse:
         return ids, np.load(root / f"{name}.npy"), 0
     texts = table.column("text").to_pylist()
     vectors = encode(encoder.model(), texts, "document", progress=progress) if len(ids) else np.zeros((0, 1), np.float32)
@@ -87,6 +88,8 @@ def ensure_shard(paths: Paths, name: str, encoder: ServingEncoder, progress: boo
 
 
 def run_shard_embeddings(cfg: Config, name: str, progress: bool = False) -> StageResult:
+    from .tokenized import shard_entry
+
     paths = Paths(cfg.home_path)
     encoder = serving_encoder(cfg)
     started = time.perf_counter()
@@ -96,7 +99,7 @@ def run_shard_embeddings(cfg: Config, name: str, progress: bool = False) -> Stag
         "path": str(folder(paths, encoder.version) / f"{name}.npy"), "encoder_version": encoder.version, "rows": len(ids),
         "rows_embedded": embedded, "dim": int(vectors.shape[1]) if len(ids) else None, "bytes": int(vectors.nbytes),
         "samples_per_s": embedded / seconds if embedded else None,
-    }, short_hash(encoder.version, read_json(paths.corpus / f"{name}.json")["fingerprint"]))
+    }, short_hash(encoder.version, shard_entry(paths.corpus, name)["fingerprint"]))
 
 
 def corpus_embeddings(paths: Paths, manifest: dict[str, Any], encoder: ServingEncoder, progress: bool = False

@@ -195,10 +195,6 @@ def materialization_metadata(result: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def failed_steps(result: Runs) -> list[str]:
-    return [e.step_key for e in result.all_events if e.is_step_failure]
-
-
 def failure_messages(result: Runs) -> list[str]:
     msgs = []
     for e in result.all_events:

@@ -143,7 +143,7 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
     from .decoder import Encoded, length_sorted_batches, load_decoder
     from .gradients import GradientExtractor, projection_for
     from .lora import adam_state
-    from .store import GradientStore
+    from .store import GradientStore, StoreError
     from .tokenized import shard_entry
 
     paths = Paths(cfg.home_path)
@@ -153,11 +153,15 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
         raise FileNotFoundError(f"shard {name} is not tokenized for the current base model; materialize tokenized_corpus[{name}]")
     p = cfg.projection
     started = time.perf_counter()
-    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
-    spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
-    store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], requested=requested_projection(cfg))
+    try:  # a finished shard is reused without loading the model
+        store = GradientStore.find(paths.gradients, base["model_hash"], requested_projection(cfg))
+    except StoreError:
+        store = None
     computed = 0
-    if not store.has_shard(name, entry["fingerprint"]):
+    if store is None or not store.has_shard(name, entry["fingerprint"]):
+        model, tokenizer = load_decoder(base["path"], base.get("adapter"))
+        spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
+        store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], requested=requested_projection(cfg))
         table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
         writer = store.writer(name, table.column("sample_id").to_numpy(), entry["fingerprint"])
         seqs = table.column("input_ids").to_pylist()
@@ -174,7 +178,8 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
     rows = store.finished(name)["rows"]
     return StageResult({
         "path": str(store.root / f"{name}.f16"), "store_key": store.root.name, "rows": rows, "rows_computed": computed,
-        "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(spec.modules), "base_model_hash": base["model_hash"],
+        "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(store.manifest["projection"]["modules"]),
+        "base_model_hash": base["model_hash"],
         "content_hash": entry["content_hash"], "bytes": rows * store.dim * 2,
         "samples_per_s": computed / seconds if computed else None,
     }, short_hash(store.root.name, entry["fingerprint"]))

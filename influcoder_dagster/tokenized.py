@@ -125,25 +125,33 @@ def publish_corpus(root: Path, names: list[str], dataset_version: str, model_has
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    entries, quarantines, first_seen = {}, [], {}
-    for name in sorted(names):
-        entry = shard_entry(root, name)
-        if entry is None:
-            raise FileNotFoundError(f"{root}: shard {name} was never written; materialize tokenized_corpus[{name}]")
-        table = pq.read_table(root / f"{name}.parquet", columns=["sample_id", "source", "row", "text"])
-        excluded, dups = [], []
-        for i, (sid, source, row) in enumerate(zip(*(table.column(c).to_pylist() for c in ("sample_id", "source", "row")), strict=True)):
-            if sid in first_seen:
-                excluded.append(i)
-                src, first_row = first_seen[sid]
-                dups.append(QuarantineRow(source, row, f"duplicate of {src} line {first_row}", table.column("text")[i].as_py()[:120]))
-            else:
-                first_seen[sid] = (source, row)
+    order = sorted(names)
+    written = {name: shard_entry(root, name) for name in order}
+    missing = [n for n, e in written.items() if e is None]
+    if missing:
+        raise FileNotFoundError(f"{root}: shard {missing[0]} was never written; materialize tokenized_corpus[{missing[0]}]")
+    tables = {name: pq.read_table(root / f"{name}.parquet", columns=["sample_id", "source", "row"]) for name in order}
+    # A sample's first occurrence (shards in name order) keeps it; np.unique gives that position.
+    ids = np.concatenate([t.column("sample_id").to_numpy() for t in tables.values()]) if order else np.zeros(0, np.int64)
+    unique, first = np.unique(ids, return_index=True)
+    owner = first[np.searchsorted(unique, ids)]
+    sources = [v for t in tables.values() for v in t.column("source").to_pylist()]
+    rows = [v for t in tables.values() for v in t.column("row").to_pylist()]
+    entries, quarantines, offset = {}, [], 0
+    for name in order:
+        n = tables[name].num_rows
+        excluded = np.flatnonzero(owner[offset : offset + n] != np.arange(offset, offset + n)).tolist()
         quarantines.append(pq.read_table(root / f"{name}{QUARANTINE_SUFFIX}"))
-        if dups:
+        if excluded:
+            texts = pq.read_table(root / f"{name}.parquet", columns=["text"]).column("text")
+            dups = [QuarantineRow(sources[offset + i], rows[offset + i],
+                                  f"duplicate of {sources[owner[offset + i]]} line {rows[owner[offset + i]]}", texts[i].as_py()[:120])
+                    for i in excluded]
             quarantines.append(quarantine_table(dups, name))
+        entry = written[name]
         entries[name] = {**entry, "kept": entry["kept"] - len(excluded), "quarantined": entry["quarantined"] + len(excluded),
                          "excluded": excluded}
+        offset += n
     quarantine = pa.concat_tables(quarantines) if quarantines else quarantine_table([], "")
     quarantine = quarantine.append_column("dataset_version", pa.array([dataset_version] * quarantine.num_rows, pa.string()))
     _write_parquet(quarantine, root / QUARANTINE_FILE, {"dataset_version": dataset_version, "base_model_hash": model_hash})
