@@ -5,9 +5,10 @@
 
 For each corpus size N, one run measures side by side, per query (p50/p95 over the queries):
 
-* ``encoder``: embed the query with the index's encoder, search the FAISS index (top-10);
-* ``rerank``: the same top-100, then the query's projected gradient on the base model and exact
-  cosines against those 100 store rows;
+* ``encoder``: embed the query with the index's encoder, search the FAISS index that
+  ``index.kind = "auto"`` serves at that size (exact up to ``index.flat_max``, else ivf_sq8);
+* ``rerank``: the same search for the top ``--rerank`` (100), then the query's projected gradient
+  on the base model and exact cosines against those store rows;
 * ``gradient``: the LESS-style path: the query's gradient, then a scan of the whole store.
 
 The demo's real samples are padded to N with synthetic ones (clustered unit vectors for the
@@ -42,13 +43,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="influcoder_home", help="a storage root where `influcoder demo` ran")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--rerank", type=int, default=100, help="candidates the index recalls for the re-rank")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     from influcoder_dagster.atomic import read_json
+    from influcoder_dagster.config import IndexConfig
     from influcoder_dagster.decoder import load_decoder, tokenize_for_loss
+    from influcoder_dagster.distill import encode
     from influcoder_dagster.gradients import GradientExtractor
     from influcoder_dagster.index import build_index, save_index, search
     from influcoder_dagster.paths import Paths
@@ -63,11 +67,12 @@ def main() -> None:
         sys.exit(f"{paths.home}: no index; run `influcoder demo` (or materialize every asset) first")
     real_store = GradientStore.open(Path(read_json(paths.gradients_pointer)["root"]))
     encoder = SentenceTransformer(str(paths.index_encoder), device="cpu")
-    model, tokenizer = load_decoder(read_json(paths.base_model_pointer)["path"])
+    base = read_json(paths.base_model_pointer)
+    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
     extractor = GradientExtractor(model, ProjectionSpec.from_json(real_store.manifest["projection"]), tokenizer.pad_token_id)
     corpus = read_corpus(paths.corpus, columns=["sample_id", "text"])
     real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
-    real_emb = encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    real_emb = encode(encoder, texts, "document")
     real_rows = real_store.lookup(real_ids)
     con = connect_readonly(paths.home)
     probes = [t for (t,) in con.execute("SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
@@ -92,7 +97,9 @@ def main() -> None:
                 writer.write(rows, block)
             writer.finish()
             exact = build_index(emb, ids, kind="flat")
-            compressed = build_index(emb, ids, kind="ivf_sq8", nprobe=64)
+            defaults = IndexConfig()
+            compressed = build_index(emb, ids, kind="ivf_sq8", nprobe=defaults.nprobe)
+            served = compressed if len(ids) > defaults.flat_max else exact
             sizes = {}
             for name, index in (("flat", exact), ("ivf_sq8", compressed)):
                 path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)})
@@ -101,12 +108,12 @@ def main() -> None:
             rec = {"compressed": [], "encoder": [], "rerank": []}
             for text in queries:
                 t = time.perf_counter()
-                q = encoder.encode([text], normalize_embeddings=True, convert_to_numpy=True)
-                _, enc_top = search(exact, q, 100)
-                times["encoder"].append(time.perf_counter() - t)  # encode + top-100 search (top-10 is its prefix)
+                q = encode(encoder, [text], "query")
+                _, enc_top = search(served, q, 10)
+                times["encoder"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                q = encoder.encode([text], normalize_embeddings=True, convert_to_numpy=True)
-                _, cand = search(exact, q, 100)
+                q = encode(encoder, [text], "query")
+                _, cand = search(served, q, args.rerank)
                 g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
                 s = full_scores(g, store.lookup(cand[0]))[0]
                 rerank_top = cand[0][np.argsort(-s)]
@@ -115,27 +122,30 @@ def main() -> None:
                 g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
                 top, _ = stream_topk(g, store.iter_blocks(4096), 10)
                 times["gradient"].append(time.perf_counter() - t)
-                rec["compressed"].append(overlap(enc_top[0], search(compressed, q, 10)[1][0]))
+                rec["compressed"].append(overlap(search(exact, q, 10)[1][0], search(compressed, q, 10)[1][0]))
                 rec["encoder"].append(overlap(top.ids[0], enc_top[0]))
                 rec["rerank"].append(overlap(top.ids[0], rerank_top))
             results.append({
-                "n": len(ids), "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
+                "n": len(ids), "served_index": "ivf_sq8" if served is compressed else "flat", "rerank_depth": args.rerank,
+                "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
                 "rerank_ms_p50": pct(times["rerank"], 50), "gradient_ms_p50": pct(times["gradient"], 50),
-                "index_bytes_per_sample": sizes["flat"], "compressed_index_bytes_per_sample": sizes["ivf_sq8"],
+                "index_bytes_per_sample": sizes["ivf_sq8" if served is compressed else "flat"],
+                "flat_index_bytes_per_sample": sizes["flat"], "compressed_index_bytes_per_sample": sizes["ivf_sq8"],
                 "store_bytes_per_sample": store.nbytes() / len(ids),
                 "compressed_recall_at_10": float(np.mean(rec["compressed"])),
                 "rerank_recovery_at_10": float(np.mean(rec["rerank"])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
             })
-    print(f"\n{len(queries)} queries; store dim {real_store.dim}; encoder {paths.index_encoder}")
-    cols = [("n", "{:,}"), ("encoder_ms_p50", "{:.1f}"), ("encoder_ms_p95", "{:.1f}"), ("rerank_ms_p50", "{:.1f}"),
-            ("gradient_ms_p50", "{:.1f}"), ("index_bytes_per_sample", "{:.0f}"), ("compressed_index_bytes_per_sample", "{:.0f}"),
-            ("store_bytes_per_sample", "{:.0f}"), ("compressed_recall_at_10", "{:.3f}"), ("rerank_recovery_at_10", "{:.3f}"),
-            ("encoder_recovery_at_10", "{:.3f}")]
+    print(f"\n{len(queries)} queries; store dim {real_store.dim}; encoder {paths.index_encoder}; re-rank depth {args.rerank}")
+    print("| N | served index | encoder p50 / p95 ms | re-rank p50 ms | gradient p50 ms | gradient / encoder |"
+          " index B/sample (flat / ivf_sq8) | store B/sample | store / served index | ivf_sq8 recall@10 |"
+          " recovery@10: re-rank / encoder |")
+    print("|---" * 11 + "|")
     for r in results:
-        print("  ".join(f"{c}={fmt.format(r[c])}" for c, fmt in cols))
-        print(f"  gradient / encoder latency: {r['gradient_ms_p50'] / r['encoder_ms_p50']:.1f}x;"
-              f" store / index bytes: {r['store_bytes_per_sample'] / r['index_bytes_per_sample']:.1f}x (flat),"
-              f" {r['store_bytes_per_sample'] / r['compressed_index_bytes_per_sample']:.1f}x (ivf_sq8)")
+        print(f"| {r['n']:,} | {r['served_index']} | {r['encoder_ms_p50']:.1f} / {r['encoder_ms_p95']:.1f} | {r['rerank_ms_p50']:.1f}"
+              f" | {r['gradient_ms_p50']:.1f} | {r['gradient_ms_p50'] / r['encoder_ms_p50']:.1f}x"
+              f" | {r['flat_index_bytes_per_sample']:.0f} / {r['compressed_index_bytes_per_sample']:.0f} | {r['store_bytes_per_sample']:.0f}"
+              f" | {r['store_bytes_per_sample'] / r['index_bytes_per_sample']:.1f}x | {r['compressed_recall_at_10']:.3f}"
+              f" | {r['rerank_recovery_at_10']:.3f} / {r['encoder_recovery_at_10']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

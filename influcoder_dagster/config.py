@@ -27,7 +27,8 @@ class DatasetConfig(_Section):
 
 
 class DemoConfig(_Section):
-    n_passages: int = Field(1500, description="standard-library docstring passages in the demo corpus")
+    corpus: Literal["docstrings", "code"] = Field("docstrings", description="standard-library docstrings, or its functions' source code")
+    n_passages: int = Field(1500, description="passages (docstring paragraphs or functions) in the demo corpus")
     n_triggers: int = 4
     planted_per_trigger: int = 8
 
@@ -101,7 +102,7 @@ class EncoderConfig(_Section):
 
 class IndexConfig(_Section):
     kind: Literal["auto", "flat", "ivf_sq8", "hnsw"] = "auto"
-    flat_max: int = Field(200_000, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
+    flat_max: int = Field(20_000, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
     nprobe: int = Field(64, description="inverted lists searched per query (ivf_sq8)")
     hnsw_m: int = 32
 

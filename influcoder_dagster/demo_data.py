@@ -1,6 +1,7 @@
 """The demo dataset: real text that every machine has offline, plus planted samples with known answers.
 
-The real text is passages of the Python standard library's own docstrings. The planted samples
+The real text is passages of the Python standard library's own docstrings or, for a second corpus
+of another kind, the source code of its functions with their docstrings removed. The planted samples
 put a rare trigger phrase followed by a distinctive continuation after an ordinary passage; a
 probe query with the same trigger and continuation should be attributed to its planted group.
 A small ``messy.jsonl`` holds one example of each kind of bad input, to show the quarantine.
@@ -8,11 +9,13 @@ A small ``messy.jsonl`` holds one example of each kind of bad input, to show the
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
 import random
 import re
+import textwrap
 from pathlib import Path
 
 STDLIB_MODULES = (
@@ -59,6 +62,32 @@ def docstring_passages(max_passages: int, seed: int = 0, min_chars: int = 80, ma
     return passages[:max_passages]
 
 
+def code_passages(max_passages: int, seed: int = 0, min_chars: int = 80, max_chars: int = 500) -> list[str]:
+    """Functions and methods of the same standard-library modules as source code, docstrings removed
+    (so nothing overlaps the docstring corpus), cut to ``max_chars``, deduplicated, in a seeded order."""
+    seen: set[str] = set()
+    passages: list[str] = []
+    for name in STDLIB_MODULES:
+        try:
+            lines = inspect.getsource(importlib.import_module(name)).splitlines()
+        except Exception:  # a module missing on this build, or one without Python source
+            continue
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            keep = range(node.lineno - 1, node.end_lineno or node.lineno)
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                docstring = range(first.lineno - 1, first.end_lineno or first.lineno)
+                keep = [i for i in keep if i not in docstring]
+            code = textwrap.dedent("\n".join(lines[i] for i in keep)).strip()[:max_chars]
+            if len(code) >= min_chars and code not in seen:
+                seen.add(code)
+                passages.append(code)
+    random.Random(seed).shuffle(passages)
+    return passages[:max_passages]
+
+
 def _merge_paragraphs(doc: str, max_chars: int) -> list[str]:
     out: list[str] = []
     current = ""
@@ -93,14 +122,19 @@ def probe_queries(n_triggers: int) -> list[dict]:
     ]
 
 
-def write_demo_dataset(root: Path, n_passages: int, n_triggers: int, per_trigger: int, max_chars: int) -> dict[str, Path]:
+def write_demo_dataset(root: Path, n_passages: int, n_triggers: int, per_trigger: int, max_chars: int,
+                       corpus: str = "docstrings") -> dict[str, Path]:
     """Write the demo's data files under ``root``; returns their paths."""
     if n_triggers > len(PLANTED):
         raise ValueError(f"demo.n_triggers={n_triggers}: at most {len(PLANTED)} planted groups exist")
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    passages = docstring_passages(n_passages)
-    _write_jsonl(data / "stdlib_docs.jsonl", [{"text": p, "module_doc": True} for p in passages])
+    if corpus == "code":
+        passages = code_passages(n_passages)
+        _write_jsonl(data / "stdlib_code.jsonl", [{"text": p, "kind": "function"} for p in passages])
+    else:
+        passages = docstring_passages(n_passages)
+        _write_jsonl(data / "stdlib_docs.jsonl", [{"text": p, "module_doc": True} for p in passages])
     _write_jsonl(data / "planted.jsonl", planted_samples(passages, n_triggers, per_trigger))
     messy = [
         json.dumps({"text": "A valid line: lists are mutable sequences, typically used to store collections."}).encode(),

@@ -23,7 +23,7 @@ class IndexError_(LookupError):
     """A missing or stale index; the message says which asset to materialize."""
 
 
-def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str = "auto", flat_max: int = 200_000, hnsw_m: int = 32,
+def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str = "auto", flat_max: int = 20_000, hnsw_m: int = 32,
                 nprobe: int = 64, seed: int = 0) -> Any:
     import faiss
 

@@ -43,7 +43,7 @@ def dataset_files(cfg: Config) -> tuple[Path, Path | None]:
     from .demo_data import write_demo_dataset
 
     files = write_demo_dataset(Paths(cfg.home_path).demo, cfg.demo.n_passages, cfg.demo.n_triggers,
-                               cfg.demo.planted_per_trigger, cfg.dataset.max_chars)
+                               cfg.demo.planted_per_trigger, cfg.dataset.max_chars, cfg.demo.corpus)
     queries = Path(cfg.dataset.queries_path) if cfg.dataset.queries_path else files["queries"]
     return files["dataset"], queries
 

@@ -27,3 +27,21 @@ def test_asymmetric_heads_start_as_the_identity_learn_apart_and_survive_a_reload
     again = SentenceTransformer(str(tmp_path / "enc"), device="cpu", local_files_only=True)
     np.testing.assert_allclose(encode(again, TEXTS, "query"), query, atol=1e-5)
     np.testing.assert_allclose(encode(again, TEXTS, "document"), document, atol=1e-5)
+
+
+def test_one_forward_pass_for_a_query_embeds_exactly_like_batched_encoding():
+    import torch
+
+    for asymmetric in (False, True):
+        model = load_encoder(None, 32, asymmetric=asymmetric)
+        if asymmetric:  # make the two heads differ, so a wrong head would show
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.dim() == 2 and p.shape[0] == p.shape[1]:
+                        p.add_(0.05 * torch.randn_like(p))
+        for role in ("query", "document"):
+            single = encode(model, TEXTS, role)  # one batch: a single forward pass
+            batched = encode(model, TEXTS, role, batch_size=2)  # sentence-transformers' encode
+            np.testing.assert_allclose(single, batched, atol=1e-5)
+        if asymmetric:
+            assert not np.allclose(encode(model, TEXTS, "query"), encode(model, TEXTS, "document"), atol=1e-3)
