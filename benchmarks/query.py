@@ -7,8 +7,9 @@ For each corpus size N, one run measures side by side, per query (p50/p95 over t
 
 * ``encoder``: embed the query with the index's encoder, search the FAISS index that
   ``index.kind = "auto"`` serves at that size (exact up to ``index.flat_max``, else ivf_sq8);
-* ``rerank``: the same search for the top ``--rerank`` (100), then the query's projected gradient
-  on the base model and exact cosines against those store rows;
+* ``rerank``: the same search for the top ``--rerank`` (100; several depths may be given, the
+  first is the headline), then the query's projected gradient on the base model and exact
+  cosines against those store rows;
 * ``gradient``: the LESS-style path: the query's gradient, then a scan of the whole store.
 
 The demo's real samples are padded to N with synthetic ones (clustered unit vectors for the
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="influcoder_home", help="a storage root where `influcoder demo` ran")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--rerank", type=int, default=100, help="candidates the index recalls for the re-rank")
+    parser.add_argument("--rerank", type=int, nargs="+", default=[100], help="candidates the index recalls for the re-rank")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -104,38 +105,44 @@ def main() -> None:
             for name, index in (("flat", exact), ("ivf_sq8", compressed)):
                 path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)})
                 sizes[name] = path.stat().st_size / len(ids)
-            times: dict[str, list[float]] = {"encoder": [], "rerank": [], "gradient": []}
-            rec = {"compressed": [], "encoder": [], "rerank": []}
+            times: dict[str, list[float]] = {"encoder": [], "gradient": [], **{f"rerank{d}": [] for d in args.rerank}}
+            rec: dict[str, list[float]] = {"compressed": [], "encoder": [], **{f"rerank{d}": [] for d in args.rerank}}
             for text in queries:
                 t = time.perf_counter()
                 q = encode(encoder, [text], "query")
                 _, enc_top = search(served, q, 10)
                 times["encoder"].append(time.perf_counter() - t)
-                t = time.perf_counter()
-                q = encode(encoder, [text], "query")
-                _, cand = search(served, q, args.rerank)
-                g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
-                s = full_scores(g, store.lookup(cand[0]))[0]
-                rerank_top = cand[0][np.argsort(-s)]
-                times["rerank"].append(time.perf_counter() - t)
+                rerank_tops = {}
+                for depth in args.rerank:
+                    t = time.perf_counter()
+                    q = encode(encoder, [text], "query")
+                    _, cand = search(served, q, depth)
+                    g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
+                    s = full_scores(g, store.lookup(cand[0]))[0]
+                    rerank_tops[depth] = cand[0][np.argsort(-s)]
+                    times[f"rerank{depth}"].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
                 top, _ = stream_topk(g, store.iter_blocks(4096), 10)
                 times["gradient"].append(time.perf_counter() - t)
                 rec["compressed"].append(overlap(search(exact, q, 10)[1][0], search(compressed, q, 10)[1][0]))
                 rec["encoder"].append(overlap(top.ids[0], enc_top[0]))
-                rec["rerank"].append(overlap(top.ids[0], rerank_top))
+                for depth, ranked in rerank_tops.items():
+                    rec[f"rerank{depth}"].append(overlap(top.ids[0], ranked))
+            head = args.rerank[0]
             results.append({
-                "n": len(ids), "served_index": "ivf_sq8" if served is compressed else "flat", "rerank_depth": args.rerank,
+                "n": len(ids), "served_index": "ivf_sq8" if served is compressed else "flat", "rerank_depth": head,
                 "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
-                "rerank_ms_p50": pct(times["rerank"], 50), "gradient_ms_p50": pct(times["gradient"], 50),
+                "rerank_ms_p50": pct(times[f"rerank{head}"], 50), "gradient_ms_p50": pct(times["gradient"], 50),
                 "index_bytes_per_sample": sizes["ivf_sq8" if served is compressed else "flat"],
                 "flat_index_bytes_per_sample": sizes["flat"], "compressed_index_bytes_per_sample": sizes["ivf_sq8"],
                 "store_bytes_per_sample": store.nbytes() / len(ids),
                 "compressed_recall_at_10": float(np.mean(rec["compressed"])),
-                "rerank_recovery_at_10": float(np.mean(rec["rerank"])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
+                "rerank_recovery_at_10": float(np.mean(rec[f"rerank{head}"])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
+                "rerank_by_depth": {str(d): {"ms_p50": pct(times[f"rerank{d}"], 50), "recovery_at_10": float(np.mean(rec[f"rerank{d}"]))}
+                                    for d in args.rerank},
             })
-    print(f"\n{len(queries)} queries; store dim {real_store.dim}; encoder {paths.index_encoder}; re-rank depth {args.rerank}")
+    print(f"\n{len(queries)} queries; store dim {real_store.dim}; encoder {paths.index_encoder}; re-rank depth {args.rerank[0]}")
     print("| N | served index | encoder p50 / p95 ms | re-rank p50 ms | gradient p50 ms | gradient / encoder |"
           " index B/sample (flat / ivf_sq8) | store B/sample | store / served index | ivf_sq8 recall@10 |"
           " recovery@10: re-rank / encoder |")
@@ -146,6 +153,11 @@ def main() -> None:
               f" | {r['flat_index_bytes_per_sample']:.0f} / {r['compressed_index_bytes_per_sample']:.0f} | {r['store_bytes_per_sample']:.0f}"
               f" | {r['store_bytes_per_sample'] / r['index_bytes_per_sample']:.1f}x | {r['compressed_recall_at_10']:.3f}"
               f" | {r['rerank_recovery_at_10']:.3f} / {r['encoder_recovery_at_10']:.3f} |")
+    if len(args.rerank) > 1:
+        print("\nre-rank depth: p50 ms / recovery of the gradient path's top-10, per N")
+        for r in results:
+            print(f"  N = {r['n']:,}: " + ", ".join(f"{d}: {v['ms_p50']:.1f} ms / {v['recovery_at_10']:.3f}"
+                                                 for d, v in r["rerank_by_depth"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -48,27 +48,28 @@ class ModelConfig(_Section):
 
 
 class ProjectionConfig(_Section):
-    kind: Literal["logra", "countsketch"] = "logra"
+    kind: Literal["logra", "countsketch"] = "countsketch"
     dim: int = Field(2048, description="target total dimension over all tracked modules")
     seed: int = 0
     normalize_modules: bool = Field(False, description="unit-normalize each module block before concatenation")
     batch_size: int = 16
     out_of_process: bool = Field(False, description="extract each shard in its own process through Dagster Pipes")
-    target: Literal["weights", "lora"] = Field("weights", description="gradients of every Linear weight, or of LoRA adapters")
+    target: Literal["weights", "lora"] = Field("lora", description="gradients of every Linear weight, or of LoRA adapters")
     lora_rank: int = 8
     lora_warmup_steps: int = Field(100, description="AdamW steps that train the adapters before any gradient is taken")
     lora_lr: float = 2e-4
-    adam_precondition: bool = Field(False, description="pool gradients as the warm-up's Adam update direction (LESS)")
+    adam_precondition: bool = Field(True, description="pool gradients as the warm-up's Adam update direction (LESS)")
 
     @model_validator(mode="after")
     def _adam_needs_lora_sketch(self) -> ProjectionConfig:
         if self.adam_precondition and (self.target != "lora" or self.kind != "countsketch"):
-            raise ValueError("projection.adam_precondition needs target = 'lora' (its optimizer state) and kind = 'countsketch'")
+            raise ValueError("projection.adam_precondition needs target = 'lora' (its optimizer state) and kind = 'countsketch'; "
+                             "set projection.adam_precondition = false to use another target or kind")
         return self
 
 
 class RankingConfig(_Section):
-    anchor_fraction: float = Field(0.15, description="share of pool samples used as anchors (chosen by id hash)")
+    anchor_fraction: float = Field(0.5, description="share of pool samples used as anchors (chosen by id hash)")
     heldout_fraction: float = Field(0.2, description="share of anchors and of pool samples held out of training")
     top_k: int = 32
     n_bottom: int = 16
@@ -91,6 +92,7 @@ class EncoderConfig(_Section):
     train_layers: int = Field(2, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
     max_seq_length: int = 96
     asymmetric: bool = Field(False, description="separate query and pool heads on the shared encoder (Router)")
+    in_batch: bool = Field(True, description="score every item of a step against every other with the stored gradients")
     tau_teacher: float = 1.0
     tau_student: float = 0.05
     w_listwise: float = 1.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -104,6 +104,8 @@ class AnchorGroup:
 
     text: str
     candidates: dict[str, tuple[list[str], np.ndarray]]  # kind -> (texts, teacher scores)
+    sample_id: int | None = None  # the anchor's and its candidates' sample ids, for in-batch scoring
+    candidate_ids: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> ids, aligned with the texts
 
 
 @dataclass
@@ -112,9 +114,12 @@ class TrainResult:
     steps: int = 0
 
 
-def sample_candidates(group: AnchorGroup, n_per_kind: dict[str, int], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+def sample_candidates(group: AnchorGroup, n_per_kind: dict[str, int],
+                      rng: np.random.Generator) -> tuple[list[str], np.ndarray, list[int]]:
+    """Up to ``n`` candidates of each kind: their texts, teacher scores and sample ids (if known)."""
     texts: list[str] = []
     scores: list[float] = []
+    ids: list[int] = []
     for kind, n in n_per_kind.items():
         if kind not in group.candidates or n == 0:
             continue
@@ -122,7 +127,9 @@ def sample_candidates(group: AnchorGroup, n_per_kind: dict[str, int], rng: np.ra
         pick = rng.choice(len(ctexts), size=min(n, len(ctexts)), replace=False) if len(ctexts) else []
         texts += [ctexts[i] for i in pick]
         scores += [float(cscores[i]) for i in pick]
-    return texts, np.asarray(scores, dtype=np.float32)
+        if kind in group.candidate_ids:
+            ids += [int(group.candidate_ids[kind][i]) for i in pick]
+    return texts, np.asarray(scores, dtype=np.float32), ids
 
 
 def freeze_lower_layers(model: SentenceTransformer, train_layers: int) -> int:
@@ -148,8 +155,16 @@ def train_encoder(
     cfg: EncoderConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    pair_teacher: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place on the teacher's per-anchor candidate lists."""
+    """Fine-tune ``model`` in place on the teacher's per-anchor candidate lists.
+
+    With ``pair_teacher`` (teacher scores for any two sample ids) and ``cfg.in_batch``, each step
+    scores every item of the batch against every other: the anchors and all their sampled
+    candidates (a symmetric encoder; an asymmetric one scores the anchors' query embeddings
+    against all candidates). The forward passes are the same as for the per-anchor lists, but
+    they supervise about as many pairs as the batch has items squared, not items.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -166,6 +181,9 @@ def train_encoder(
     steps_per_epoch = (len(groups) + cfg.anchors_per_step - 1) // cfg.anchors_per_step
     result = TrainResult()
     routed = is_asymmetric(model)
+    in_batch = cfg.in_batch and pair_teacher is not None
+    if in_batch and any(g.sample_id is None or len(g.candidate_ids) < len(g.candidates) for g in groups):
+        raise ValueError("in-batch distillation needs the sample ids of every anchor and candidate")
 
     def embed(texts: list[str], role: str) -> torch.Tensor:
         out = model(model.preprocess(texts), task=role) if routed else model(model.preprocess(texts))
@@ -179,11 +197,14 @@ def train_encoder(
             for start in range(0, len(groups), cfg.anchors_per_step):
                 batch = [groups[i] for i in order[start : start + cfg.anchors_per_step]]
                 lists = [sample_candidates(g, n_per_kind, rng) for g in batch]
-                width = min(len(t) for t, _ in lists)
-                anchors = embed([g.text for g in batch], "query")
-                cands = embed([t for ts, _ in lists for t in ts[:width]], "document").view(len(batch), width, -1)
-                student = torch.einsum("ad,acd->ac", anchors, cands)
-                teacher = torch.as_tensor(np.stack([s[:width] for _, s in lists]))
+                if in_batch:
+                    student, teacher = _in_batch_pairs(batch, lists, embed, pair_teacher, routed)
+                else:
+                    width = min(len(t) for t, _, _ in lists)
+                    anchors = embed([g.text for g in batch], "query")
+                    cands = embed([t for ts, _, _ in lists for t in ts[:width]], "document").view(len(batch), width, -1)
+                    student = torch.einsum("ad,acd->ac", anchors, cands)
+                    teacher = torch.as_tensor(np.stack([s[:width] for _, s, _ in lists]))
                 loss, parts = loss_fn(student, teacher)
                 opt.zero_grad()
                 loss.backward()
@@ -199,3 +220,29 @@ def train_encoder(
                 on_epoch(epoch, means)
     model.eval()
     return result
+
+
+def _in_batch_pairs(batch: list[AnchorGroup], lists: list[tuple[list[str], np.ndarray, list[int]]],
+                    embed: Callable[[list[str], str], Any], pair_teacher: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                    routed: bool) -> tuple[Any, Any]:
+    """Student similarities and teacher scores for every pair in the batch (self-pairs left out)."""
+    import torch
+
+    anchors = {int(g.sample_id): g.text for g in batch if g.sample_id is not None}  # all known: train_encoder checked
+    cands: dict[int, str] = {}
+    for texts, _, ids in lists:
+        for text, sid in zip(texts, ids, strict=True):
+            if sid not in anchors:
+                cands.setdefault(sid, text)
+    if routed:  # query head for the anchors, pool head for the candidates
+        a_ids, c_ids = np.fromiter(anchors, np.int64), np.fromiter(cands, np.int64)
+        student = embed(list(anchors.values()), "query") @ embed(list(cands.values()), "document").T
+        return student, torch.as_tensor(pair_teacher(a_ids, c_ids))
+    items = {**anchors, **cands}
+    ids = np.fromiter(items, np.int64)
+    emb = embed(list(items.values()), "document")
+    n = len(ids)
+    off = ~torch.eye(n, dtype=torch.bool)
+    student = (emb @ emb.T)[off].view(n, n - 1)
+    teacher = torch.as_tensor(pair_teacher(ids, ids))[off].view(n, n - 1)
+    return student, teacher

@@ -31,6 +31,7 @@ from .teacher_stages import (
     dataset_files,
     open_store,
     planted_members,
+    pool_extractor,
     read_queries,
 )
 
@@ -102,7 +103,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     import pyarrow as pa
 
     from .decoder import Encoded
-    from .gradients import GradientExtractor, compute_gradients
+    from .gradients import compute_gradients
     from .metrics import planted_recall
     from .projection import ProjectionSpec
     from .rankings_db import Update, apply_update, read_state, writer_query
@@ -210,11 +211,13 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     if held and len(pool):
         hs = np.array([wanted[q]["sample_id"] for q in held], dtype=np.int64)
         s = full_scores(query_grads(held), store.lookup(pool))
-        # The teacher's noise ceiling: the same pairs under a second projection seed.
+        # The teacher's noise ceiling: the same pairs under a second projection seed, extracted
+        # exactly as the store's rows were (the pool's Adam direction included), so only the
+        # projection differs.
         spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
         seqs = corpus.column("input_ids").to_pylist()
         model, tokenizer = decoder.load()
-        g2 = compute_gradients(GradientExtractor(model, spec2, tokenizer.pad_token_id),
+        g2 = compute_gradients(pool_extractor(model, tokenizer, spec2, decoder.base, cfg),
                                [Encoded(seqs[row_of[int(x)]]) for x in np.concatenate([hs, pool])], cfg.projection.batch_size).numpy()
         if r.precondition:  # approximated by the second seed's gradients of these samples
             g2[: len(hs)] = precondition(g2[: len(hs)], g2.astype(np.float64).T @ g2 / len(g2), r.damping)

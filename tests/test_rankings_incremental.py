@@ -27,7 +27,7 @@ def build(home, data_dir, names, lm, precondition=False):
     queries.write_text(json.dumps({"query_id": "u1", "text": "sample number 3 talks about topic 3", "prompt": "sample number"}) + "\n")
     cfg = Config.model_validate({
         "home": str(home), "dataset": {"path": str(data_dir), "queries_path": str(queries)},
-        "model": {"base_model": str(lm), "max_length": 32}, "projection": {"dim": 256},
+        "model": {"base_model": str(lm), "max_length": 32}, "projection": {"dim": 256, "kind": "logra", "target": "weights", "adam_precondition": False},  # a corpus-independent teacher
         "rankings": {"anchor_fraction": 0.2, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 20,
                      "block_rows": 16, "precondition": precondition},
     })

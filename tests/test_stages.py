@@ -1,6 +1,7 @@
 """Stages on their own, without Dagster: a local model folder, and reuse of finished gradient shards."""
 
 import json
+import numpy as np
 
 from influcoder_dagster import teacher_stages
 from influcoder_dagster.config import Config
@@ -16,7 +17,7 @@ def test_a_local_model_folder_is_used_as_is_and_gradients_are_not_recomputed(tmp
     cfg = Config.model_validate({"home": str(tmp_path / "home"), "dataset": {"path": str(data), "text_field": "body"},
                                  "model": {"base_model": str(tmp_path / "my-lm"), "max_length": 32}, "projection": {"dim": 256}})
     base = teacher_stages.run_base_model(cfg)
-    assert base.metadata["kind"] == "local" and base.data_version == model_dir_hash(tmp_path / "my-lm")
+    assert base.metadata["kind"] == "local" and base.metadata["weights_hash"] == model_dir_hash(tmp_path / "my-lm")
     first = teacher_stages.run_all_shards(cfg, progress=False)
     assert first.metadata["rows_kept"] == 30 and first.metadata["base_model_hash"] == base.data_version
     again = teacher_stages.run_all_shards(cfg, progress=False)
@@ -79,3 +80,32 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     assert all(".lora_" in m["name"] for m in store.manifest["projection"]["modules"])
     rankings = run_influence_rankings(cfg, progress=False)
     assert rankings.metadata["score_rows_written"] > 0
+
+    # The store's rows and the noise ceiling's second-seed rows come from the same (Adam) extractor.
+    from influcoder_dagster.decoder import Encoded, load_decoder
+    from influcoder_dagster.gradients import compute_gradients
+    from influcoder_dagster.projection import ProjectionSpec
+    from influcoder_dagster.rankings_db import connect_readonly
+    from influcoder_dagster.scoring import full_scores
+    from influcoder_dagster.tokenized import read_corpus
+
+    model, tokenizer = load_decoder(base.metadata["path"], base.metadata["adapter"])
+    spec = ProjectionSpec.from_json(store.manifest["projection"])
+    corpus = read_corpus(Paths(cfg.home_path).corpus)
+    seqs = dict(zip(corpus.column("sample_id").to_pylist(), corpus.column("input_ids").to_pylist(), strict=True))
+
+    def rows(spec_, ids):
+        extractor = teacher_stages.pool_extractor(model, tokenizer, spec_, base.metadata, cfg)
+        return compute_gradients(extractor, [Encoded(seqs[i]) for i in ids], 8).numpy()
+
+    some = list(seqs)[:6]
+    np.testing.assert_allclose(rows(spec, some), store.lookup(np.array(some)), rtol=2e-2, atol=2e-3)
+    con = connect_readonly(cfg.home_path)
+    ceiling = con.execute("""SELECT q.sample_id, s.sample_id, s.score FROM scores s JOIN queries q USING (query_id)
+                             WHERE s.kind = 'eval_ceiling' ORDER BY 1, 2""").fetchall()
+    con.close()
+    anchor = ceiling[0][0]
+    pool = [sid for a, sid, _ in ceiling if a == anchor]
+    spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
+    g2 = rows(spec2, [anchor, *pool])
+    np.testing.assert_allclose(full_scores(g2[:1], g2[1:])[0], [s for a, _, s in ceiling if a == anchor], atol=1e-4)

@@ -1,0 +1,32 @@
+"""The teacher's score between any two pool samples, read from the gradient store.
+
+The rankings database holds each anchor's candidate lists. In-batch distillation also needs the
+teacher's score between any two items of a training batch (every item against every other),
+and that is one dot product of their stored rows, scored exactly as the rankings stage scores
+an anchor: the query side optionally preconditioned, then the cosine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class PairTeacher:
+    """``teacher(query_ids, sample_ids)`` -> (queries, samples) teacher scores."""
+
+    def __init__(self, store: Any, precondition_damping: float | None = None, block_rows: int = 4096) -> None:
+        from .scoring import fisher
+
+        self.store = store
+        self.damping = precondition_damping
+        self.fisher = fisher(store.iter_blocks(block_rows), store.dim) if precondition_damping is not None else None
+
+    def __call__(self, query_ids: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
+        from .scoring import full_scores, precondition
+
+        queries = self.store.lookup(query_ids)
+        if self.fisher is not None:
+            queries = precondition(queries, self.fisher, self.damping)
+        return full_scores(queries, self.store.lookup(sample_ids))
