@@ -67,12 +67,16 @@ def main() -> None:
                 (data / f"old-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in old[i :: args.files]))
             if with_new:
                 (data / "new.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in new))
+            # The weights teacher: a LoRA teacher's warm-up depends on the corpus present when
+            # base_model is materialized, so the full and incremental runs would not share a teacher.
             (root / f"{home}.toml").write_text(
-                f'home = "{root / home}"\n[dataset]\npath = "{data}"\n[model]\nbase_model = "{root / "lm"}"\n[encoder]\nmax_seq_length = 96\n')
+                f'home = "{root / home}"\n[dataset]\npath = "{data}"\n[model]\nbase_model = "{root / "lm"}"\n[encoder]\nmax_seq_length = 96\n'
+                '[projection]\nkind = "logra"\ntarget = "weights"\nadam_precondition = false\n')
 
         # The decoder all runs attribute: trained once on the old corpus, outside the clock.
         setup("seed", False)
-        seed = Config.model_validate({"home": str(root / "seed"), "dataset": {"path": str(root / "seed-data")}})
+        seed = Config.model_validate({"home": str(root / "seed"), "dataset": {"path": str(root / "seed-data")},
+                                      "projection": {"kind": "logra", "target": "weights", "adam_precondition": False}})
         shutil.copytree(Path(teacher_stages.run_base_model(seed).metadata["path"]), root / "lm")
 
         setup("inc", False)

@@ -49,6 +49,7 @@ def make_store(root: Path, n: int, d: int, seed: int = 0) -> Path:
         rows = np.arange(i, min(i + chunk, n))
         writer.write(rows, rng.standard_normal((len(rows), d), dtype=np.float32))
     writer.finish()
+    store.publish({"bench": ""}, {}, ["bench"])
     return store.root
 
 
