@@ -156,14 +156,15 @@ def train_encoder(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     pair_teacher: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    every_item_as_query: bool = True,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on the teacher's per-anchor candidate lists.
 
     With ``pair_teacher`` (teacher scores for any two sample ids) and ``cfg.in_batch``, each step
     scores every item of the batch against every other: the anchors and all their sampled
-    candidates (a symmetric encoder; an asymmetric one scores the anchors' query embeddings
-    against all candidates). The forward passes are the same as for the per-anchor lists, but
-    they supervise about as many pairs as the batch has items squared, not items.
+    candidates. An asymmetric encoder, or a teacher that scores only anchors as queries
+    (``every_item_as_query=False``), scores the anchors against all candidates instead. The
+    forward passes are the same as for the per-anchor lists, but they supervise many more pairs.
     """
     import torch
     from tqdm.auto import tqdm
@@ -198,7 +199,7 @@ def train_encoder(
                 batch = [groups[i] for i in order[start : start + cfg.anchors_per_step]]
                 lists = [sample_candidates(g, n_per_kind, rng) for g in batch]
                 if in_batch:
-                    student, teacher = _in_batch_pairs(batch, lists, embed, pair_teacher, routed)
+                    student, teacher = _in_batch_pairs(batch, lists, embed, pair_teacher, routed or not every_item_as_query)
                 else:
                     width = min(len(t) for t, _, _ in lists)
                     anchors = embed([g.text for g in batch], "query")
@@ -224,8 +225,9 @@ def train_encoder(
 
 def _in_batch_pairs(batch: list[AnchorGroup], lists: list[tuple[list[str], np.ndarray, list[int]]],
                     embed: Callable[[list[str], str], Any], pair_teacher: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                    routed: bool) -> tuple[Any, Any]:
-    """Student similarities and teacher scores for every pair in the batch (self-pairs left out)."""
+                    anchors_as_queries: bool) -> tuple[Any, Any]:
+    """Student similarities and teacher scores for every pair in the batch (self-pairs left out);
+    with ``anchors_as_queries``, only the anchors (through the query head) against the candidates."""
     import torch
 
     anchors = {int(g.sample_id): g.text for g in batch if g.sample_id is not None}  # all known: train_encoder checked
@@ -234,7 +236,7 @@ def _in_batch_pairs(batch: list[AnchorGroup], lists: list[tuple[list[str], np.nd
         for text, sid in zip(texts, ids, strict=True):
             if sid not in anchors:
                 cands.setdefault(sid, text)
-    if routed:  # query head for the anchors, pool head for the candidates
+    if anchors_as_queries:  # query head for the anchors, pool head for the candidates
         a_ids, c_ids = np.fromiter(anchors, np.int64), np.fromiter(cands, np.int64)
         student = embed(list(anchors.values()), "query") @ embed(list(cands.values()), "document").T
         return student, torch.as_tensor(pair_teacher(a_ids, c_ids))

@@ -14,19 +14,35 @@ import numpy as np
 
 
 class PairTeacher:
-    """``teacher(query_ids, sample_ids)`` -> (queries, samples) teacher scores."""
+    """``teacher(query_ids, sample_ids)`` -> (queries, samples) teacher scores.
 
-    def __init__(self, store: Any, precondition_damping: float | None = None, block_rows: int = 4096) -> None:
+    ``query_rows`` (sample id -> gradient) replaces the store's row on the query side: the anchors'
+    plain gradients when the pool's rows are Adam directions. Only those samples can then be queries.
+    """
+
+    def __init__(self, store: Any, precondition_damping: float | None = None, block_rows: int = 4096,
+                 query_rows: dict[int, np.ndarray] | None = None) -> None:
         from .scoring import fisher
 
         self.store = store
         self.damping = precondition_damping
         self.fisher = fisher(store.iter_blocks(block_rows), store.dim) if precondition_damping is not None else None
+        self.query_rows = query_rows
+
+    @property
+    def any_sample_as_query(self) -> bool:
+        return self.query_rows is None
 
     def __call__(self, query_ids: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
         from .scoring import full_scores, precondition
 
-        queries = self.store.lookup(query_ids)
+        if self.query_rows is None:
+            queries = self.store.lookup(query_ids)
+        else:
+            missing = [int(q) for q in query_ids if int(q) not in self.query_rows]
+            if missing:
+                raise KeyError(f"no query-side gradient for samples {missing[:5]}; re-materialize 'influence_rankings'")
+            queries = np.stack([self.query_rows[int(q)] for q in query_ids])
         if self.fisher is not None:
             queries = precondition(queries, self.fisher, self.damping)
         return full_scores(queries, self.store.lookup(sample_ids))

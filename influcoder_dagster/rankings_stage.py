@@ -17,7 +17,9 @@ fixed at the rebuild, so new samples do not join it until the next rebuild.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from .teacher_stages import (
 )
 
 QUERY_CACHE = "user_queries.npz"
+ANCHOR_CACHE = "anchor_queries.npz"  # anchors' plain gradients, when the pool's rows are Adam directions
 
 
 class _Decoder:
@@ -61,29 +64,38 @@ class _Decoder:
         return compute_gradients(GradientExtractor(model, spec, tokenizer.pad_token_id), enc, self.cfg.projection.batch_size).numpy()
 
 
-def _user_gradients(store: Any, user: list[dict[str, Any]], decoder: _Decoder, spec: Any) -> dict[str, np.ndarray]:
-    """User-query gradients, cached beside the store by (id, text, prompt) so a new shard needs no model."""
+def cached_query_gradients(path: Path, queries: list[dict[str, Any]], compute: Callable[[list[dict[str, Any]]], np.ndarray],
+                           dim: int) -> dict[str, np.ndarray]:
+    """Query gradients cached in ``path`` (beside the store) by (id, text, prompt): only new or changed
+    queries are computed, so a new shard needs no model for them."""
     from .atomic import atomic_path
 
-    path = store.root / QUERY_CACHE
     cached: dict[tuple[str, str, str], np.ndarray] = {}
     if path.exists():
         with np.load(path) as z:
             cached = {(q, t, p): g for q, t, p, g in zip(z["query_id"], z["text"], z["prompt"], z["grads"], strict=True)}
     key = lambda q: (q["query_id"], q["text"], q["prompt"] or "")  # noqa: E731
-    missing = [q for q in user if key(q) not in cached]
+    missing = [q for q in queries if key(q) not in cached]
     if missing:
-        grads = decoder.gradients(spec, [q["text"] for q in missing], [q["prompt"] for q in missing])
-        cached.update({key(q): g for q, g in zip(missing, grads, strict=True)})
-    out = {q["query_id"]: cached[key(q)] for q in user}
-    if missing or len(cached) != len(user):
-        keys = [key(q) for q in user]
+        cached.update({key(q): g for q, g in zip(missing, compute(missing), strict=True)})
+    out = {q["query_id"]: cached[key(q)] for q in queries}
+    if missing or len(cached) != len(queries):
+        keys = [key(q) for q in queries]
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, query_id=np.array([k[0] for k in keys], dtype=str), text=np.array([k[1] for k in keys], dtype=str),
                          prompt=np.array([k[2] for k in keys], dtype=str),
-                         grads=np.stack([cached[k] for k in keys]) if keys else np.zeros((0, store.dim), np.float32))
+                         grads=np.stack([cached[k] for k in keys]) if keys else np.zeros((0, dim), np.float32))
     return out
+
+
+def read_anchor_gradients(store_root: Path) -> dict[int, np.ndarray]:
+    """The anchors' plain (query-side) gradients by sample id, as the last rankings run cached them."""
+    path = store_root / ANCHOR_CACHE
+    if not path.exists():
+        return {}
+    with np.load(path) as z:
+        return {int(q.removeprefix("anchor-")): g for q, g in zip(z["query_id"], z["grads"], strict=True)}
 
 
 def _existing_lists(home: Any, query_ids: list[str], kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -103,7 +115,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     import pyarrow as pa
 
     from .decoder import Encoded
-    from .gradients import compute_gradients
+    from .gradients import GradientExtractor, compute_gradients
     from .metrics import planted_recall
     from .projection import ProjectionSpec
     from .rankings_db import Update, apply_update, read_state, writer_query
@@ -129,7 +141,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     # Cross-shard duplicates are in the hash: when they change (the file a sample was first seen in
     # left), a shard keeps its name but not its rows, which only a rebuild handles (rare).
     duplicates = {n: e.get("excluded", []) for n, e in store.manifest["shards"].items() if e.get("excluded")}
-    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k, duplicates)
+    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k, duplicates, "plain-anchors" if cfg.projection.adam_precondition else "")
     state = read_state(home)
     prev_shards = json.loads(state["shards"]) if state else []
     rebuild = state is None or state.get("config_hash") != config_hash or (r.precondition and prev_shards != shards_now)
@@ -158,7 +170,21 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     full_q = new_queries + dirty
     merge_q = [q for q in kept if q not in dirty] if added else []
 
-    user_grads = _user_gradients(store, user, decoder, spec)
+    user_grads = cached_query_gradients(store.root / QUERY_CACHE, user, lambda qs: decoder.gradients(
+        spec, [q["text"] for q in qs], [q["prompt"] for q in qs]), store.dim)
+    # With Adam-preconditioned pool rows, an anchor is scored as a user query is (LESS): with its
+    # plain gradient, from the corpus's own tokens, so the encoder learns the rankings it serves.
+    plain_anchors = cfg.projection.adam_precondition
+    seqs = corpus.column("input_ids").to_pylist()
+
+    def plain_rows(spec_: Any, sample_ids: list[int]) -> np.ndarray:
+        model, tokenizer = decoder.load()
+        return compute_gradients(GradientExtractor(model, spec_, tokenizer.pad_token_id),
+                                 [Encoded(seqs[row_of[int(x)]]) for x in sample_ids], cfg.projection.batch_size).numpy()
+
+    anchor_grads = cached_query_gradients(
+        store.root / ANCHOR_CACHE, [{"query_id": q, "text": w["text"], "prompt": None} for q, w in wanted.items() if w["kind"] == "anchor"],
+        lambda qs: plain_rows(spec, [wanted[q["query_id"]]["sample_id"] for q in qs]), store.dim) if plain_anchors else {}
     transform = lambda g: g  # noqa: E731
     if r.precondition:
         f = fisher(store.iter_blocks(r.block_rows), store.dim)
@@ -167,11 +193,13 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     def query_grads(qids: list[str]) -> np.ndarray:
         out = np.zeros((len(qids), store.dim), dtype=np.float32)
         a_pos = [i for i, q in enumerate(qids) if wanted[q]["kind"] == "anchor"]
-        if a_pos:
+        if a_pos and not plain_anchors:
             out[a_pos] = store.lookup(np.array([wanted[qids[i]]["sample_id"] for i in a_pos]))
         for i, q in enumerate(qids):
             if wanted[q]["kind"] == "user":
                 out[i] = user_grads[q]
+            elif plain_anchors:
+                out[i] = anchor_grads[q]
         return transform(out)
 
     def exclusions(qids: list[str]) -> np.ndarray:
@@ -215,10 +243,11 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         # exactly as the store's rows were (the pool's Adam direction included), so only the
         # projection differs.
         spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
-        seqs = corpus.column("input_ids").to_pylist()
         model, tokenizer = decoder.load()
         g2 = compute_gradients(pool_extractor(model, tokenizer, spec2, decoder.base, cfg),
                                [Encoded(seqs[row_of[int(x)]]) for x in np.concatenate([hs, pool])], cfg.projection.batch_size).numpy()
+        if plain_anchors:
+            g2[: len(hs)] = plain_rows(spec2, hs.tolist())
         if r.precondition:  # approximated by the second seed's gradients of these samples
             g2[: len(hs)] = precondition(g2[: len(hs)], g2.astype(np.float64).T @ g2 / len(g2), r.damping)
         s2 = full_scores(g2[: len(hs)], g2[len(hs) :])

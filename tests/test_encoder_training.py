@@ -102,18 +102,21 @@ def test_an_encoder_no_better_than_its_start_fails_the_blocking_gate_and_stays_o
 
 
 def test_the_pair_teacher_gives_the_scores_the_rankings_database_holds(pipeline_home):
-    from influcoder_dagster.pair_teacher import PairTeacher
+    from influcoder_dagster.config import load_config
     from influcoder_dagster.paths import Paths
     from influcoder_dagster.rankings_db import connect_readonly
-    from influcoder_dagster.teacher_stages import open_store
+    from influcoder_dagster.student_stages import _pair_teacher
 
-    home = pipeline_home[0]
+    home, config, _ = pipeline_home
     con = connect_readonly(home)
     rows = con.execute("""SELECT q.sample_id, s.sample_id, s.score FROM scores s JOIN queries q USING (query_id)
                           WHERE q.kind = 'anchor' AND s.kind IN ('top', 'bottom', 'random') ORDER BY 1, 2""").fetchall()
     con.close()
     anchors, samples, stored = (np.array(c) for c in zip(*rows, strict=True))
-    teacher = PairTeacher(open_store(Paths(home)))
+    cfg = load_config(config)
+    store_key = connect_readonly(home).execute("SELECT store_key FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()[0]
+    teacher = _pair_teacher(cfg, Paths(home), store_key)
+    assert cfg.projection.adam_precondition and not teacher.any_sample_as_query  # anchors' plain gradients as queries
     for a in np.unique(anchors)[:20]:
         mine = anchors == a
         np.testing.assert_allclose(teacher(np.array([a]), samples[mine])[0], stored[mine], atol=1e-5)
@@ -130,7 +133,7 @@ def test_in_batch_pairs_align_student_and_teacher_and_leave_out_self_pairs():
     batch = [AnchorGroup("t0", {}, 0), AnchorGroup("t1", {}, 1)]
     lists = [(["t2", "t3", "t1"], np.zeros(3), [2, 3, 1]), (["t3", "t4"], np.zeros(2), [3, 4])]  # t1 is also an anchor
 
-    student, scores = _in_batch_pairs(batch, lists, embed, teacher, routed=False)
+    student, scores = _in_batch_pairs(batch, lists, embed, teacher, anchors_as_queries=False)
     ids = [0, 1, 2, 3, 4]  # anchors first, candidates once each
     assert student.shape == scores.shape == (5, 4)
     for r, i in enumerate(ids):
@@ -138,6 +141,6 @@ def test_in_batch_pairs_align_student_and_teacher_and_leave_out_self_pairs():
         assert scores[r].tolist() == [10 * i + j for j in others]
         assert student[r].tolist() == [0.0] * 4  # one-hot rows: no overlap between different items
 
-    student, scores = _in_batch_pairs(batch, lists, embed, teacher, routed=True)
+    student, scores = _in_batch_pairs(batch, lists, embed, teacher, anchors_as_queries=True)
     assert scores.tolist() == [[2, 3, 4], [12, 13, 14]]  # anchors (query head) x candidates that are not anchors
     assert student.shape == (2, 3)

@@ -83,7 +83,7 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
 
     # The store's rows and the noise ceiling's second-seed rows come from the same (Adam) extractor.
     from influcoder_dagster.decoder import Encoded, load_decoder
-    from influcoder_dagster.gradients import compute_gradients
+    from influcoder_dagster.gradients import GradientExtractor, compute_gradients
     from influcoder_dagster.projection import ProjectionSpec
     from influcoder_dagster.rankings_db import connect_readonly
     from influcoder_dagster.scoring import full_scores
@@ -94,18 +94,23 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     corpus = read_corpus(Paths(cfg.home_path).corpus)
     seqs = dict(zip(corpus.column("sample_id").to_pylist(), corpus.column("input_ids").to_pylist(), strict=True))
 
-    def rows(spec_, ids):
-        extractor = teacher_stages.pool_extractor(model, tokenizer, spec_, base.metadata, cfg)
+    def rows(spec_, ids, plain=False):
+        extractor = (GradientExtractor(model, spec_, tokenizer.pad_token_id) if plain
+                     else teacher_stages.pool_extractor(model, tokenizer, spec_, base.metadata, cfg))
         return compute_gradients(extractor, [Encoded(seqs[i]) for i in ids], 8).numpy()
 
     some = list(seqs)[:6]
     np.testing.assert_allclose(rows(spec, some), store.lookup(np.array(some)), rtol=2e-2, atol=2e-3)
+    # An anchor is scored as a user query is: its plain gradient against the pool's Adam rows, under
+    # the store's seed ('eval') and under the second seed ('eval_ceiling').
     con = connect_readonly(cfg.home_path)
-    ceiling = con.execute("""SELECT q.sample_id, s.sample_id, s.score FROM scores s JOIN queries q USING (query_id)
-                             WHERE s.kind = 'eval_ceiling' ORDER BY 1, 2""").fetchall()
+    scored = {kind: con.execute("""SELECT q.sample_id, s.sample_id, s.score FROM scores s JOIN queries q USING (query_id)
+                                   WHERE s.kind = ? ORDER BY 1, 2""", [kind]).fetchall() for kind in ("eval", "eval_ceiling")}
     con.close()
-    anchor = ceiling[0][0]
-    pool = [sid for a, sid, _ in ceiling if a == anchor]
+    anchor = scored["eval"][0][0]
+    pool = [sid for a, sid, _ in scored["eval"] if a == anchor]
+    np.testing.assert_allclose(full_scores(rows(spec, [anchor], plain=True), store.lookup(np.array(pool)))[0],
+                               [s for a, _, s in scored["eval"] if a == anchor], atol=1e-3)
     spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
-    g2 = rows(spec2, [anchor, *pool])
-    np.testing.assert_allclose(full_scores(g2[:1], g2[1:])[0], [s for a, _, s in ceiling if a == anchor], atol=1e-4)
+    np.testing.assert_allclose(full_scores(rows(spec2, [anchor], plain=True), rows(spec2, pool))[0],
+                               [s for a, _, s in scored["eval_ceiling"] if a == anchor], atol=1e-4)
