@@ -76,6 +76,9 @@ class RankingConfig(_Section):
     n_random: int = 32
     eval_pool_size: int = Field(400, description="held-out pool samples scored in full for held-out anchors")
     block_rows: int = Field(4096, description="store rows per scoring block (memory ~ block_rows x dim x 10 bytes)")
+    anchor_gradients: Literal["stored", "plain"] = Field(
+        "stored", description="an anchor's query side: its stored row (the Adam direction under adam_precondition), "
+                              "or its plain gradient, as user queries are scored")
     precondition: bool = Field(False, description="score with the damped inverse projected Fisher (influence functions)")
     damping: float = Field(0.1, description="lambda = damping * trace(F) / dim")
     seed: int = 0

@@ -141,7 +141,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     # Cross-shard duplicates are in the hash: when they change (the file a sample was first seen in
     # left), a shard keeps its name but not its rows, which only a rebuild handles (rare).
     duplicates = {n: e.get("excluded", []) for n, e in store.manifest["shards"].items() if e.get("excluded")}
-    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k, duplicates, "plain-anchors" if cfg.projection.adam_precondition else "")
+    config_hash = short_hash(store.root.name, r.model_dump(), cfg.k, duplicates)
     state = read_state(home)
     prev_shards = json.loads(state["shards"]) if state else []
     rebuild = state is None or state.get("config_hash") != config_hash or (r.precondition and prev_shards != shards_now)
@@ -172,9 +172,9 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
 
     user_grads = cached_query_gradients(store.root / QUERY_CACHE, user, lambda qs: decoder.gradients(
         spec, [q["text"] for q in qs], [q["prompt"] for q in qs]), store.dim)
-    # With Adam-preconditioned pool rows, an anchor is scored as a user query is (LESS): with its
-    # plain gradient, from the corpus's own tokens, so the encoder learns the rankings it serves.
-    plain_anchors = cfg.projection.adam_precondition
+    # With Adam-preconditioned pool rows and ``anchor_gradients = "plain"``, an anchor is scored as a
+    # user query is (LESS): with its plain gradient, from the corpus's own tokens.
+    plain_anchors = cfg.projection.adam_precondition and r.anchor_gradients == "plain"
     seqs = corpus.column("input_ids").to_pylist()
 
     def plain_rows(spec_: Any, sample_ids: list[int]) -> np.ndarray:

@@ -161,7 +161,8 @@ def _pair_teacher(cfg: Config, paths: Paths, store_key: str) -> Any:
     if store.root.name != store_key:
         raise RuntimeError(f"the gradient store is now {store.root.name}, but the rankings were scored on {store_key}; "
                            "materialize 'influence_rankings' first")
-    query_rows = read_anchor_gradients(store.root) if cfg.projection.adam_precondition else None
+    plain = cfg.projection.adam_precondition and cfg.rankings.anchor_gradients == "plain"
+    query_rows = read_anchor_gradients(store.root) if plain else None
     return PairTeacher(store, cfg.rankings.damping if cfg.rankings.precondition else None, cfg.rankings.block_rows, query_rows)
 
 

@@ -116,7 +116,7 @@ def test_the_pair_teacher_gives_the_scores_the_rankings_database_holds(pipeline_
     cfg = load_config(config)
     store_key = connect_readonly(home).execute("SELECT store_key FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()[0]
     teacher = _pair_teacher(cfg, Paths(home), store_key)
-    assert cfg.projection.adam_precondition and not teacher.any_sample_as_query  # anchors' plain gradients as queries
+    assert teacher.any_sample_as_query == (cfg.rankings.anchor_gradients == "stored")
     for a in np.unique(anchors)[:20]:
         mine = anchors == a
         np.testing.assert_allclose(teacher(np.array([a]), samples[mine])[0], stored[mine], atol=1e-5)
@@ -144,3 +144,20 @@ def test_in_batch_pairs_align_student_and_teacher_and_leave_out_self_pairs():
     student, scores = _in_batch_pairs(batch, lists, embed, teacher, anchors_as_queries=True)
     assert scores.tolist() == [[2, 3, 4], [12, 13, 14]]  # anchors (query head) x candidates that are not anchors
     assert student.shape == (2, 3)
+
+
+def test_the_champion_reloads_by_alias_with_identical_embeddings(pipeline_home, tmp_path):
+    import shutil
+
+    from influcoder_dagster import tracking
+
+    home = tmp_path / "home"
+    shutil.copytree(pipeline_home[0], home)
+    version = pipeline_home[2]["influcoder_encoder"]["version"]
+    tracking.setup(home)
+    tracking.set_champion("influcoder-encoder", version)
+    texts = ["Return the sum of the items.", "When the quartz heron sings at midnight,"]
+    by_alias = tracking.load_registered(home, "influcoder-encoder", tracking.CHAMPION)
+    by_version = tracking.load_registered(home, "influcoder-encoder", version)
+    np.testing.assert_array_equal(encode(by_alias, texts, "query"), encode(by_version, texts, "query"))
+    assert tracking.champion_version("influcoder-encoder") == version

@@ -2,6 +2,7 @@
 
 import json
 import numpy as np
+import pytest
 
 from influcoder_dagster import teacher_stages
 from influcoder_dagster.config import Config
@@ -57,7 +58,8 @@ def test_queries_may_hold_a_line_separator_inside_a_string(tmp_path):
     assert q["text"] == "one\u2028two" and q["prompt"] == "one"
 
 
-def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned_pool_gradients(tmp_path, local_lm):
+@pytest.mark.parametrize("anchor_gradients", ["stored", "plain"])
+def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned_pool_gradients(tmp_path, local_lm, anchor_gradients):
     from influcoder_dagster.paths import Paths
     from influcoder_dagster.rankings_stage import run_influence_rankings
 
@@ -70,7 +72,8 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
         "model": {"base_model": str(local_lm), "max_length": 32},
         "projection": {"dim": 256, "kind": "countsketch", "target": "lora", "lora_rank": 4, "lora_warmup_steps": 5,
                        "adam_precondition": True},
-        "rankings": {"anchor_fraction": 0.25, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 10},
+        "rankings": {"anchor_fraction": 0.25, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 10,
+                     "anchor_gradients": anchor_gradients},
     })
     base = teacher_stages.run_base_model(cfg)
     assert base.metadata["adapter"] and base.data_version != model_dir_hash(local_lm)  # the model *with* its adapters
@@ -101,16 +104,17 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
 
     some = list(seqs)[:6]
     np.testing.assert_allclose(rows(spec, some), store.lookup(np.array(some)), rtol=2e-2, atol=2e-3)
-    # An anchor is scored as a user query is: its plain gradient against the pool's Adam rows, under
-    # the store's seed ('eval') and under the second seed ('eval_ceiling').
+    # An anchor's query side is its stored (Adam) row, or with "plain" its plain gradient as a user
+    # query's, against the pool's Adam rows: under the store's seed ('eval') and the second ('eval_ceiling').
+    plain = anchor_gradients == "plain"
     con = connect_readonly(cfg.home_path)
     scored = {kind: con.execute("""SELECT q.sample_id, s.sample_id, s.score FROM scores s JOIN queries q USING (query_id)
                                    WHERE s.kind = ? ORDER BY 1, 2""", [kind]).fetchall() for kind in ("eval", "eval_ceiling")}
     con.close()
     anchor = scored["eval"][0][0]
     pool = [sid for a, sid, _ in scored["eval"] if a == anchor]
-    np.testing.assert_allclose(full_scores(rows(spec, [anchor], plain=True), store.lookup(np.array(pool)))[0],
+    np.testing.assert_allclose(full_scores(rows(spec, [anchor], plain=plain), store.lookup(np.array(pool)))[0],
                                [s for a, _, s in scored["eval"] if a == anchor], atol=1e-3)
     spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
-    np.testing.assert_allclose(full_scores(rows(spec2, [anchor], plain=True), rows(spec2, pool))[0],
+    np.testing.assert_allclose(full_scores(rows(spec2, [anchor], plain=plain), rows(spec2, pool))[0],
                                [s for a, _, s in scored["eval_ceiling"] if a == anchor], atol=1e-4)
