@@ -92,7 +92,7 @@ class EncoderConfig(_Section):
     n_bottom: int = Field(4, description="... from the most negative")
     n_random: int = Field(8, description="... drawn at random from the train pool")
     lr: float = 3e-5
-    train_layers: int = Field(2, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
+    train_layers: int = Field(4, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
     max_seq_length: int = 96
     asymmetric: bool = Field(False, description="separate query and pool heads on the shared encoder (Router)")
     in_batch: bool = Field(True, description="score every item of a step against every other with the stored gradients")
