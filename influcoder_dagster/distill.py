@@ -86,16 +86,24 @@ def encode(model: SentenceTransformer, texts: list[str], role: str = "document",
     return emb.astype(np.float32)
 
 
+def _sentence_embeddings(model: SentenceTransformer, texts: list[str], role: str) -> Any:
+    """Unit-normalised embeddings as a tensor, through the ``role`` head of an asymmetric model."""
+    import torch
+
+    features = model.preprocess(texts)
+    out = model(features, task=role) if is_asymmetric(model) else model(features)
+    return torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=1)
+
+
 def _forward(model: SentenceTransformer, texts: list[str], role: str) -> np.ndarray:
     import torch
 
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        features = model.preprocess(texts)
-        out = model(features, task=role) if is_asymmetric(model) else model(features)
+        emb = _sentence_embeddings(model, texts, role)
     model.train(was_training)
-    return torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=1).numpy()
+    return emb.numpy()
 
 
 @dataclass
@@ -182,13 +190,10 @@ def train_encoder(
     steps_per_epoch = (len(groups) + cfg.anchors_per_step - 1) // cfg.anchors_per_step
     result = TrainResult()
     routed = is_asymmetric(model)
+    embed = lambda texts, role: _sentence_embeddings(model, texts, role)  # noqa: E731
     in_batch = cfg.in_batch and pair_teacher is not None
     if in_batch and any(g.sample_id is None or len(g.candidate_ids) < len(g.candidates) for g in groups):
         raise ValueError("in-batch distillation needs the sample ids of every anchor and candidate")
-
-    def embed(texts: list[str], role: str) -> torch.Tensor:
-        out = model(model.preprocess(texts), task=role) if routed else model(model.preprocess(texts))
-        return torch.nn.functional.normalize(out["sentence_embedding"], dim=1)
 
     model.train()
     with tqdm(total=cfg.epochs * steps_per_epoch, desc="distil encoder", disable=not progress) as bar:

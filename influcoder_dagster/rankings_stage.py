@@ -89,13 +89,20 @@ def cached_query_gradients(path: Path, queries: list[dict[str, Any]], compute: C
     return out
 
 
+def plain_anchor_gradients(cfg: Config) -> bool:
+    """Whether an anchor's query side is its plain gradient (as a user query's) rather than its stored row."""
+    return cfg.projection.adam_precondition and cfg.rankings.anchor_gradients == "plain"
+
+
 def read_anchor_gradients(store_root: Path) -> dict[int, np.ndarray]:
     """The anchors' plain (query-side) gradients by sample id, as the last rankings run cached them."""
+    from .teacher import anchor_sample_id
+
     path = store_root / ANCHOR_CACHE
     if not path.exists():
         return {}
     with np.load(path) as z:
-        return {int(q.removeprefix("anchor-")): g for q, g in zip(z["query_id"], z["grads"], strict=True)}
+        return {anchor_sample_id(q): g for q, g in zip(z["query_id"], z["grads"], strict=True)}
 
 
 def _existing_lists(home: Any, query_ids: list[str], kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -174,13 +181,16 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         spec, [q["text"] for q in qs], [q["prompt"] for q in qs]), store.dim)
     # With Adam-preconditioned pool rows and ``anchor_gradients = "plain"``, an anchor is scored as a
     # user query is (LESS): with its plain gradient, from the corpus's own tokens.
-    plain_anchors = cfg.projection.adam_precondition and r.anchor_gradients == "plain"
-    seqs = corpus.column("input_ids").to_pylist()
+    plain_anchors = plain_anchor_gradients(cfg)
+    token_column = corpus.column("input_ids")
+
+    def tokens(sample_ids: Any) -> list[Any]:  # only the rows asked for leave Arrow
+        return [Encoded(token_column[row_of[int(x)]].as_py()) for x in sample_ids]
 
     def plain_rows(spec_: Any, sample_ids: list[int]) -> np.ndarray:
         model, tokenizer = decoder.load()
-        return compute_gradients(GradientExtractor(model, spec_, tokenizer.pad_token_id),
-                                 [Encoded(seqs[row_of[int(x)]]) for x in sample_ids], cfg.projection.batch_size).numpy()
+        return compute_gradients(GradientExtractor(model, spec_, tokenizer.pad_token_id), tokens(sample_ids),
+                                 cfg.projection.batch_size).numpy()
 
     anchor_grads = cached_query_gradients(
         store.root / ANCHOR_CACHE, [{"query_id": q, "text": w["text"], "prompt": None} for q, w in wanted.items() if w["kind"] == "anchor"],
@@ -245,7 +255,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
         model, tokenizer = decoder.load()
         g2 = compute_gradients(pool_extractor(model, tokenizer, spec2, decoder.base, cfg),
-                               [Encoded(seqs[row_of[int(x)]]) for x in np.concatenate([hs, pool])], cfg.projection.batch_size).numpy()
+                               tokens(np.concatenate([hs, pool])), cfg.projection.batch_size).numpy()
         if plain_anchors:
             g2[: len(hs)] = plain_rows(spec2, hs.tolist())
         if r.precondition:  # approximated by the second seed's gradients of these samples

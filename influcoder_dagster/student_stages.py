@@ -154,15 +154,14 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
 def _pair_teacher(cfg: Config, paths: Paths, store_key: str) -> Any:
     """Teacher scores between any two samples, from the very store the rankings were scored on."""
     from .pair_teacher import PairTeacher
-    from .rankings_stage import read_anchor_gradients
+    from .rankings_stage import plain_anchor_gradients, read_anchor_gradients
     from .teacher_stages import open_store
 
     store = open_store(paths)
     if store.root.name != store_key:
         raise RuntimeError(f"the gradient store is now {store.root.name}, but the rankings were scored on {store_key}; "
                            "materialize 'influence_rankings' first")
-    plain = cfg.projection.adam_precondition and cfg.rankings.anchor_gradients == "plain"
-    query_rows = read_anchor_gradients(store.root) if plain else None
+    query_rows = read_anchor_gradients(store.root) if plain_anchor_gradients(cfg) else None
     return PairTeacher(store, cfg.rankings.damping if cfg.rankings.precondition else None, cfg.rankings.block_rows, query_rows)
 
 

@@ -51,6 +51,11 @@ def anchor_query_id(sample_id: int) -> str:
     return f"anchor-{int(sample_id)}"
 
 
+def anchor_sample_id(query_id: str) -> int:
+    """The inverse of :func:`anchor_query_id`."""
+    return int(query_id.removeprefix("anchor-"))
+
+
 def eval_pool(sample_ids: np.ndarray, splits: np.ndarray, anchors: set[int], size: int, seed: int) -> np.ndarray:
     """Up to ``size`` held-out, non-anchor samples (lowest hash first) that held-out anchors are scored against."""
     ids = np.asarray(sample_ids, dtype=np.int64)
