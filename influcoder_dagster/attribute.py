@@ -22,7 +22,7 @@ class Attributor:
     """Loads the index, its encoder and the corpus once; answers many queries."""
 
     def __init__(self, home: Path, max_length: int = 128) -> None:
-        from sentence_transformers import SentenceTransformer
+        from .query_encoder import QueryEncoder
 
         self.paths, self.max_length = Paths(home), max_length
         self.index, self.manifest = load_index(self.paths.index)
@@ -34,7 +34,7 @@ class Attributor:
             )
         if not self.paths.index_encoder.exists():
             raise IndexError_(f"{self.paths.index_encoder} missing; materialize the 'embedding_index' asset")
-        self.encoder = SentenceTransformer(str(self.paths.index_encoder), device="cpu", local_files_only=True)
+        self.encoder = QueryEncoder(self.paths.index_encoder)
         corpus = read_corpus(self.paths.corpus, columns=["sample_id", "text", "source", "row"])
         self._row = {int(s): i for i, s in enumerate(corpus.column("sample_id").to_numpy())}
         self._cols = {c: corpus.column(c).to_pylist() for c in ("text", "source", "row")}
@@ -49,9 +49,7 @@ class Attributor:
         """Top-k samples per text; with ``rerank`` > k, recalled from the index and ordered by the teacher."""
         from .index import search
 
-        from .distill import encode
-
-        emb = encode(self.encoder, texts, "query")
+        emb = self.encoder.encode(texts)
         scores, ids = search(self.index, emb, max(k, rerank))
         if not rerank:
             return [[self._hit(r, int(sid), float(s)) for r, (s, sid) in enumerate(zip(srow, irow, strict=True), start=1) if sid >= 0]

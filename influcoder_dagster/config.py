@@ -110,6 +110,8 @@ class IndexConfig(_Section):
     flat_max: int = Field(20_000, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
     nprobe: int = Field(64, description="inverted lists searched per query (ivf_sq8)")
     hnsw_m: int = 32
+    onnx_query_encoder: bool = Field(True, description="export the index's encoder to ONNX; queries run through "
+                                     "ONNX Runtime (same embeddings, about 2x faster for one query on CPU)")
 
 
 class Config(_Section):

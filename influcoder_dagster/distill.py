@@ -88,9 +88,13 @@ def encode(model: SentenceTransformer, texts: list[str], role: str = "document",
 
 def _sentence_embeddings(model: SentenceTransformer, texts: list[str], role: str) -> Any:
     """Unit-normalised embeddings as a tensor, through the ``role`` head of an asymmetric model."""
+    return embeddings_from_features(model, model.preprocess(texts), role)
+
+
+def embeddings_from_features(model: SentenceTransformer, features: dict[str, Any], role: str) -> Any:
+    """``_sentence_embeddings`` after tokenization: the graph the ONNX query encoder exports."""
     import torch
 
-    features = model.preprocess(texts)
     out = model(features, task=role) if is_asymmetric(model) else model(features)
     return torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=1)
 

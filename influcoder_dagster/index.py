@@ -107,6 +107,21 @@ def index_ids(index: Any) -> np.ndarray:
     return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
+SERIAL_SEARCH_MAX = 8  # query batches up to this size search on one thread
+
+
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return scores, ids
+    """Top-k (scores, ids) per query row. A few queries search on one thread: FAISS would spread one
+    query over OpenMP threads that then spin-wait and take the cores from the query encoder's next
+    run (measured on 2 cores, encoder + exact search at N = 10k: 9.4 ms a query, 2.7 ms serial)."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(queries) > SERIAL_SEARCH_MAX:
+        return index.search(queries, k)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(threads)

@@ -194,6 +194,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     from .atomic import atomic_dir
     from .embeddings import corpus_embeddings, serving_encoder
     from .index import IndexError_, build_index, load_index, save_index, sync_index
+    from .query_encoder import ONNX_NAME, export_onnx
     from .tokenized import read_manifest
 
     paths = Paths(cfg.home_path)
@@ -203,6 +204,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         index, previous = load_index(paths.index)
     except IndexError_:
         index, previous = None, {}
+    onnx = None
     started = time.perf_counter()
     ids, vectors, embedded = corpus_embeddings(paths, manifest, encoder, progress)
     order = np.argsort(ids)
@@ -217,6 +219,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         added, removed = len(ids), 0
         with atomic_dir(paths.index_encoder) as tmp:  # the query path encodes with this very copy
             encoder.model().save(str(tmp))
+            onnx = export_onnx(encoder.model(), tmp) if cfg.index.onnx_query_encoder else None
     seconds = time.perf_counter() - started
     path = save_index(index, paths.index, {
         "encoder_name": cfg.encoder.registered_name, "encoder_version": encoder.version, "dataset_version": manifest["dataset_version"],
@@ -228,4 +231,6 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         "warning": None if encoder.registered_version else "no distilled encoder has passed its quality gate; serving the untrained base encoder",
         "dataset_version": manifest["dataset_version"], "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
         "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encoder_bytes": dir_size(paths.index_encoder),
+        "query_backend": "onnxruntime" if (paths.index_encoder / ONNX_NAME).exists() else "torch",
+        "onnx_export_max_abs_diff": onnx["max_abs_diff"] if onnx else None,
     }, f"{encoder.version}-{manifest['dataset_version']}")
