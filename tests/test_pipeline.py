@@ -64,15 +64,17 @@ def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pip
     texts = ["Return the sum of the items.", "When the quartz heron sings at midnight,"]
     a = logged.encode(texts, normalize_embeddings=True)
     evaluation = json.loads((home / "eval" / "encoder_eval.json").read_text())
-    assert set(evaluation) == {"student", "teacher_ceiling", "untrained", "bm25", "random"}
-    assert {"spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100", "planted_recall"} <= set(evaluation["student"])
+    assert set(evaluation) == {"student", "teacher_ceiling", "teacher_prior", "untrained", "bm25", "random"}
+    assert {"spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100", "planted_recall",
+            "spearman_as_queried"} <= set(evaluation["student"])
     # Identity: the reloaded model reproduces the evaluation the trained model got in memory.
     from influcoder_dagster.distill import encode
     from influcoder_dagster.evaluation import embedding_scorer, evaluate
     from influcoder_dagster.rankings_db import connect_readonly
     from influcoder_dagster.student_stages import load_eval_set
 
-    data, _, _ = load_eval_set(connect_readonly(home), 10)
+    data, _, _ = load_eval_set(connect_readonly(home), 10, anchors_as_queried=False)  # Adam pool rows, stored anchors
+    assert data.as_queried is not None and data.as_queried.shape == data.teacher.shape
     again = evaluate(embedding_scorer(lambda t, role: encode(logged, t, role)), data)
     for metric, value in evaluation["student"].items():
         assert abs(again[metric] - value) < 1e-6, metric

@@ -109,7 +109,8 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     plain = anchor_gradients == "plain"
     con = connect_readonly(cfg.home_path)
     scored = {kind: con.execute("""SELECT q.sample_id, s.sample_id, s.score FROM scores s JOIN queries q USING (query_id)
-                                   WHERE s.kind = ? ORDER BY 1, 2""", [kind]).fetchall() for kind in ("eval", "eval_ceiling")}
+                                   WHERE s.kind = ? ORDER BY 1, 2""", [kind]).fetchall()
+              for kind in ("eval", "eval_ceiling", "eval_as_queried")}
     con.close()
     anchor = scored["eval"][0][0]
     pool = [sid for a, sid, _ in scored["eval"] if a == anchor]
@@ -118,3 +119,11 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
     np.testing.assert_allclose(full_scores(rows(spec2, [anchor], plain=plain), rows(spec2, pool))[0],
                                [s for a, _, s in scored["eval_ceiling"] if a == anchor], atol=1e-4)
+    # With stored anchors, the same pairs are also scored as a user query is ('eval_as_queried');
+    # with plain anchors, 'eval' already is that view.
+    if plain:
+        assert not scored["eval_as_queried"]
+    else:
+        assert [(a, p) for a, p, _ in scored["eval_as_queried"]] == [(a, p) for a, p, _ in scored["eval"]]
+        np.testing.assert_allclose(full_scores(rows(spec, [anchor], plain=True), store.lookup(np.array(pool)))[0],
+                                   [s for a, _, s in scored["eval_as_queried"] if a == anchor], atol=1e-3)
