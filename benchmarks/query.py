@@ -5,24 +5,33 @@
 
 For each corpus size N, one run measures side by side, per query (p50/p95 over the queries):
 
-* ``encoder``: embed the query with the index's encoder, search the FAISS index that
-  ``index.kind = "auto"`` serves at that size (exact up to ``index.flat_max``, else ivf_sq8);
+* ``encoder``: embed the query with the index's encoder as the CLI does (ONNX Runtime when the
+  index has ``query.onnx``; the same encoder through eager torch is timed beside it), search the
+  FAISS index that ``index.kind = "auto"`` serves at that size (exact up to ``index.flat_max``,
+  else ivf_sq8);
 * ``rerank``: the same search for the top ``--rerank`` (100; several depths may be given, the
   first is the headline), then the query's projected gradient on the base model and exact
   cosines against those store rows;
 * ``gradient``: the LESS-style path: the query's gradient, then a scan of the whole store.
 
-The demo's real samples are padded to N with synthetic ones (clustered unit vectors for the
-index, Gaussian rows for the gradient store) — fine for time and size, while the recovery
-figures (share of the gradient path's top-10 that a method returns) come from the real queries.
+The home's real samples are padded to N with synthetic ones (clustered unit vectors for the
+index, Gaussian rows for the gradient store) — fine for time and size. Recovery (the share of the
+gradient path's top-10 that a method returns, for real queries) only means something when the
+rerank depth is small beside the real corpus, so ``--real R`` first grows the real part to R
+samples with more docstrings, parsed (not imported) from this environment's Python files: their
+store rows come from the home's base model through the store's own extractor (checked against the
+stored rows of the corpus), their vectors from the index's encoder.
 ``compressed_recall_at_10`` compares the ivf_sq8 index with the exact one on the same vectors.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import random
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -40,11 +49,37 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return len(set(a[:k].tolist()) & set(b[:k].tolist())) / k
 
 
+def more_docstrings(n: int, exclude: set[str], seed: int = 0, min_chars: int = 80, max_chars: int = 500) -> list[str]:
+    """Up to ``n`` docstring paragraphs not in ``exclude``, from this environment's .py files in a seeded order."""
+    from influcoder_dagster.demo_data import merge_paragraphs
+
+    files = sorted({f for key in ("stdlib", "purelib") for f in Path(sysconfig.get_paths()[key]).rglob("*.py")})
+    random.Random(seed).shuffle(files)
+    out: list[str] = []
+    seen = set(exclude)
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                for passage in merge_paragraphs(ast.get_docstring(node) or "", max_chars):
+                    if len(passage) >= min_chars and passage not in seen:
+                        seen.add(passage)
+                        out.append(passage)
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="influcoder_home", help="a storage root where `influcoder demo` ran")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rerank", type=int, nargs="+", default=[100], help="candidates the index recalls for the re-rank")
+    parser.add_argument("--real", type=int, default=0, help="grow the real corpus to this many samples (see above)")
+    parser.add_argument("--max-length", type=int, help="decoder tokens per text (default: the tokenized corpus's)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -52,33 +87,54 @@ def main() -> None:
 
     from influcoder_dagster.atomic import read_json
     from influcoder_dagster.config import IndexConfig
+    from influcoder_dagster.gradients import compute_gradients
+    from influcoder_dagster.lora import adam_state
     from influcoder_dagster.decoder import load_decoder, tokenize_for_loss
     from influcoder_dagster.distill import encode
     from influcoder_dagster.gradients import GradientExtractor
     from influcoder_dagster.index import build_index, save_index, search
     from influcoder_dagster.paths import Paths
+    from influcoder_dagster.query_encoder import QueryEncoder
     from influcoder_dagster.projection import ProjectionSpec
     from influcoder_dagster.scoring import full_scores, stream_topk
     from influcoder_dagster.store import GradientStore
     from influcoder_dagster.rankings_db import connect_readonly
-    from influcoder_dagster.tokenized import read_corpus
+    from influcoder_dagster.tokenized import read_corpus, read_manifest
 
     paths = Paths(Path(args.home).resolve())
     if not paths.index_encoder.exists():
         sys.exit(f"{paths.home}: no index; run `influcoder demo` (or materialize every asset) first")
     real_store = GradientStore.open(Path(read_json(paths.gradients_pointer)["root"]))
     encoder = SentenceTransformer(str(paths.index_encoder), device="cpu")
+    served_encoder = QueryEncoder(paths.index_encoder)
     base = read_json(paths.base_model_pointer)
     model, tokenizer = load_decoder(base["path"], base.get("adapter"))
-    extractor = GradientExtractor(model, ProjectionSpec.from_json(real_store.manifest["projection"]), tokenizer.pad_token_id)
-    corpus = read_corpus(paths.corpus, columns=["sample_id", "text"])
+    spec = ProjectionSpec.from_json(real_store.manifest["projection"])
+    extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)  # a query's plain gradient
+    adam = real_store.manifest["requested"].get("adam_precondition") and adam_state(Path(base["adapter"]))
+    pool = GradientExtractor(model, spec, tokenizer.pad_token_id, adam or None)  # a pool row, as the store has it
+    max_length = max(shard["max_length"] for shard in read_manifest(paths.corpus)["shards"].values())
+    corpus = read_corpus(paths.corpus, columns=["sample_id", "text", "n_tokens"])
     real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
+    real_rows = real_store.lookup(real_ids).astype(np.float32)
+    queries = ([t for (t,) in connect_readonly(paths.home).execute(
+        "SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()] + texts[::max(1, len(texts) // 30)])[:30]
+    if args.real > len(texts):
+        check = [i for i, n in enumerate(corpus.column("n_tokens").to_pylist()) if n >= 2][:32]
+        again = compute_gradients(pool, tokenize_for_loss(tokenizer, [texts[i] for i in check], max_length), 16).numpy()
+        agree = float(np.min(full_scores(again, real_rows[check]).diagonal()))
+        if agree < 0.99:
+            sys.exit(f"recomputed store rows disagree with the stored ones (cosine {agree:.3f}); is the home's base model current?")
+        extra = more_docstrings(args.real - len(texts), set(texts))
+        enc = tokenize_for_loss(tokenizer, extra, max_length)
+        keep = [i for i, e in enumerate(enc) if len(e.input_ids) >= 2]
+        extra, enc = [extra[i] for i in keep], [enc[i] for i in keep]
+        print(f"real corpus: {len(texts)} samples + {len(extra)} docstrings (stored rows reproduced, min cosine {agree:.4f})")
+        real_rows = np.concatenate([real_rows, compute_gradients(pool, enc, 16, progress=True).numpy()])
+        real_ids = np.concatenate([real_ids, real_ids.max() + 1 + np.arange(len(extra))])
+        texts = texts + extra
     real_emb = encode(encoder, texts, "document")
-    real_rows = real_store.lookup(real_ids)
-    con = connect_readonly(paths.home)
-    probes = [t for (t,) in con.execute("SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
-    con.close()
-    queries = (probes + texts[::max(1, len(texts) // 30)])[:30]
+    row_of = {t: i for i, t in enumerate(texts)}
     rng = np.random.default_rng(0)
     results = []
     for n in args.sizes:
@@ -106,34 +162,42 @@ def main() -> None:
             for name, index in (("flat", exact), ("ivf_sq8", compressed)):
                 path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)})
                 sizes[name] = path.stat().st_size / len(ids)
-            times: dict[str, list[float]] = {"encoder": [], "gradient": [], **{f"rerank{d}": [] for d in args.rerank}}
-            rec: dict[str, list[float]] = {"compressed": [], "encoder": [], **{f"rerank{d}": [] for d in args.rerank}}
+            times: dict[str, list[float]] = {"encoder": [], "encoder_torch": [], "gradient": [], **{f"rerank{d}": [] for d in args.rerank}}
+            rec: dict[str, list[float]] = {"compressed": [], "encoder": [], **{f"{kind}{d}": [] for d in args.rerank
+                                                                                   for kind in ("rerank", "stored")}}
             # Each path runs over all the queries in turn (its steady state, as a server answering
             # only that kind of query would be), rather than interleaved with the others, whose
             # scans of the store would evict the encoder from the caches.
             enc_tops, qvecs = [], []
             for text in queries:
                 t = time.perf_counter()
-                q = encode(encoder, [text], "query")
+                q = served_encoder.encode([text])
                 _, enc_top = search(served, q, 10)
                 times["encoder"].append(time.perf_counter() - t)
                 enc_tops.append(enc_top[0])
                 qvecs.append(q)
+            for text in queries:
+                t = time.perf_counter()
+                search(served, encode(encoder, [text], "query"), 10)
+                times["encoder_torch"].append(time.perf_counter() - t)
             rerank_tops: dict[int, list[np.ndarray]] = {d: [] for d in args.rerank}
             for depth in args.rerank:
                 for text in queries:
                     t = time.perf_counter()
-                    q = encode(encoder, [text], "query")
-                    _, cand = search(served, q, depth)
-                    g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
+                    _, cand = search(served, served_encoder.encode([text]), depth)
+                    g = extractor.batch(tokenize_for_loss(tokenizer, [text], max_length)).numpy()
                     s = full_scores(g, store.lookup(cand[0]))[0]
                     rerank_tops[depth].append(cand[0][np.argsort(-s)])
                     times[f"rerank{depth}"].append(time.perf_counter() - t)
             for i, text in enumerate(queries):
                 t = time.perf_counter()
-                g = extractor.batch(tokenize_for_loss(tokenizer, [text], 128)).numpy()
+                g = extractor.batch(tokenize_for_loss(tokenizer, [text], max_length)).numpy()
                 top, _ = stream_topk(g, store.iter_blocks(4096), 10)
                 times["gradient"].append(time.perf_counter() - t)
+                if text in row_of:  # a corpus sample: its stored row's ranking, which training anchors use
+                    stored, _ = stream_topk(real_rows[row_of[text]][None], store.iter_blocks(4096), max(args.rerank))
+                    for depth in args.rerank:
+                        rec[f"stored{depth}"].append(len(set(top.ids[0][:10].tolist()) & set(stored.ids[0][:depth].tolist())) / 10)
                 q = qvecs[i]
                 rec["compressed"].append(overlap(search(exact, q, 10)[1][0], search(compressed, q, 10)[1][0]))
                 rec["encoder"].append(overlap(top.ids[0], enc_tops[i]))
@@ -141,24 +205,30 @@ def main() -> None:
                     rec[f"rerank{depth}"].append(overlap(top.ids[0], rerank_tops[depth][i]))
             head = args.rerank[0]
             results.append({
-                "n": len(ids), "served_index": "ivf_sq8" if served is compressed else "flat", "rerank_depth": head,
+                "n": len(ids), "real_samples": len(real_ids), "served_index": "ivf_sq8" if served is compressed else "flat", "rerank_depth": head,
+                "encoder_backend": served_encoder.backend,
                 "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
+                "encoder_torch_ms_p50": pct(times["encoder_torch"], 50),
                 "rerank_ms_p50": pct(times[f"rerank{head}"], 50), "gradient_ms_p50": pct(times["gradient"], 50),
                 "index_bytes_per_sample": sizes["ivf_sq8" if served is compressed else "flat"],
                 "flat_index_bytes_per_sample": sizes["flat"], "compressed_index_bytes_per_sample": sizes["ivf_sq8"],
                 "store_bytes_per_sample": store.nbytes() / len(ids),
                 "compressed_recall_at_10": float(np.mean(rec["compressed"])),
                 "rerank_recovery_at_10": float(np.mean(rec[f"rerank{head}"])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
-                "rerank_by_depth": {str(d): {"ms_p50": pct(times[f"rerank{d}"], 50), "recovery_at_10": float(np.mean(rec[f"rerank{d}"]))}
+                "rerank_by_depth": {str(d): {"ms_p50": pct(times[f"rerank{d}"], 50), "recovery_at_10": float(np.mean(rec[f"rerank{d}"])),
+                                             "stored_row_recovery_at_10": float(np.mean(rec[f"stored{d}"]))}
                                     for d in args.rerank},
+                "stored_row_queries": len(rec[f"stored{head}"]),
             })
-    print(f"\n{len(queries)} queries; store dim {real_store.dim}; encoder {paths.index_encoder}; re-rank depth {args.rerank[0]}")
-    print("| N | served index | encoder p50 / p95 ms | re-rank p50 ms | gradient p50 ms | gradient / encoder |"
+    print(f"\n{len(queries)} queries; {len(real_ids):,} real samples; store dim {real_store.dim}; encoder {paths.index_encoder} ({served_encoder.backend});"
+          f" re-rank depth {args.rerank[0]}")
+    print("| N | served index | encoder p50 / p95 ms | encoder via torch p50 ms | re-rank p50 ms | gradient p50 ms | gradient / encoder |"
           " index B/sample (flat / ivf_sq8) | store B/sample | store / served index | ivf_sq8 recall@10 |"
           " recovery@10: re-rank / encoder |")
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     for r in results:
-        print(f"| {r['n']:,} | {r['served_index']} | {r['encoder_ms_p50']:.1f} / {r['encoder_ms_p95']:.1f} | {r['rerank_ms_p50']:.1f}"
+        print(f"| {r['n']:,} | {r['served_index']} | {r['encoder_ms_p50']:.1f} / {r['encoder_ms_p95']:.1f} | {r['encoder_torch_ms_p50']:.1f}"
+              f" | {r['rerank_ms_p50']:.1f}"
               f" | {r['gradient_ms_p50']:.1f} | {r['gradient_ms_p50'] / r['encoder_ms_p50']:.1f}x"
               f" | {r['flat_index_bytes_per_sample']:.0f} / {r['compressed_index_bytes_per_sample']:.0f} | {r['store_bytes_per_sample']:.0f}"
               f" | {r['store_bytes_per_sample'] / r['index_bytes_per_sample']:.1f}x | {r['compressed_recall_at_10']:.3f}"
@@ -168,6 +238,11 @@ def main() -> None:
         for r in results:
             print(f"  N = {r['n']:,}: " + ", ".join(f"{d}: {v['ms_p50']:.1f} ms / {v['recovery_at_10']:.3f}"
                                                  for d, v in r["rerank_by_depth"].items()))
+    print("\nthe same depths taken from a corpus query's stored-row ranking (the rankings the encoder learns;"
+          " a perfect student's recovery), per N")
+    for r in results:
+        print(f"  N = {r['n']:,} ({r['stored_row_queries']} corpus queries): "
+              + ", ".join(f"{d}: {v['stored_row_recovery_at_10']:.3f}" for d, v in r["rerank_by_depth"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

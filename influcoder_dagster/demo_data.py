@@ -54,7 +54,7 @@ def docstring_passages(max_passages: int, seed: int = 0, min_chars: int = 80, ma
             if getattr(obj, "__module__", name) not in (name, None) and obj is not module:
                 continue
             doc = inspect.getdoc(obj) or ""
-            for passage in _merge_paragraphs(doc, max_chars):
+            for passage in merge_paragraphs(doc, max_chars):
                 if len(passage) >= min_chars and passage not in seen:
                     seen.add(passage)
                     passages.append(passage)
@@ -88,7 +88,8 @@ def code_passages(max_passages: int, seed: int = 0, min_chars: int = 80, max_cha
     return passages[:max_passages]
 
 
-def _merge_paragraphs(doc: str, max_chars: int) -> list[str]:
+def merge_paragraphs(doc: str, max_chars: int) -> list[str]:
+    """A docstring's paragraphs, whitespace-collapsed, joined greedily into passages of up to ``max_chars``."""
     out: list[str] = []
     current = ""
     for para in re.split(r"\n\s*\n", doc):

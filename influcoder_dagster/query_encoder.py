@@ -9,6 +9,7 @@ An index without ``query.onnx`` (export switched off) is queried through torch.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,16 @@ def export_onnx(model: Any, folder: Path) -> dict[str, Any]:
     dynamic = {"tensors": tuple({0: torch.export.Dim("batch"), 1: length} for _ in names)}
     target = folder / ONNX_NAME
     with atomic_path(target) as tmp:
-        with warnings.catch_warnings():  # the exporter's own deprecation notices, not ours to act on
+        exporter_log = logging.getLogger("torch.onnx")
+        level = exporter_log.level
+        with warnings.catch_warnings():  # the exporter's own notices (deprecations, torchvision absent), not ours to act on
             warnings.simplefilter("ignore")
-            torch.onnx.export(_query_graph(model, names), example, str(tmp), input_names=names, output_names=["query_vector"],
-                              dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+            exporter_log.setLevel(logging.ERROR)
+            try:
+                torch.onnx.export(_query_graph(model, names), example, str(tmp), input_names=names, output_names=["query_vector"],
+                                  dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+            finally:
+                exporter_log.setLevel(level)
         onnx_out = _session(tmp).run(None, {n: t.numpy() for n, t in zip(names, example, strict=True)})[0]
         diff = float(np.abs(onnx_out - encode(model, _PROBES, "query")).max())
         if not diff <= EXPORT_TOLERANCE:
