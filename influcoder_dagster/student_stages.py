@@ -233,6 +233,11 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         with atomic_dir(paths.index_encoder) as tmp:  # the query path encodes with this very copy
             encoder.model().save(str(tmp))
             onnx = export_onnx(encoder.model(), tmp) if cfg.index.onnx_query_encoder else None
+    onnx_path = paths.index_encoder / ONNX_NAME
+    if cfg.index.onnx_query_encoder and not onnx_path.exists():  # switched on since the encoder was saved
+        onnx = export_onnx(encoder.model(), paths.index_encoder)
+    elif not cfg.index.onnx_query_encoder:  # switched off: queries go through torch
+        onnx_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     path = save_index(index, paths.index, {
         "encoder_name": cfg.encoder.registered_name, "encoder_version": encoder.version, "dataset_version": manifest["dataset_version"],
@@ -244,6 +249,6 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         "warning": None if encoder.registered_version else "no distilled encoder has passed its quality gate; serving the untrained base encoder",
         "dataset_version": manifest["dataset_version"], "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
         "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encoder_bytes": dir_size(paths.index_encoder),
-        "query_backend": "onnxruntime" if (paths.index_encoder / ONNX_NAME).exists() else "torch",
+        "query_backend": "onnxruntime" if onnx_path.exists() else "torch",
         "onnx_export_max_abs_diff": onnx["max_abs_diff"] if onnx else None,
     }, f"{encoder.version}-{manifest['dataset_version']}")
