@@ -111,7 +111,8 @@ def main() -> None:
     model, tokenizer = load_decoder(base["path"], base.get("adapter"))
     spec = ProjectionSpec.from_json(real_store.manifest["projection"])
     extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)  # a query's plain gradient
-    adam = real_store.manifest["requested"].get("adam_precondition") and adam_state(Path(base["adapter"]))
+    requested = real_store.manifest["requested"]
+    adam = requested.get("adam_precondition") and adam_state(Path(base["adapter"]), requested.get("adam_momentum", True))
     pool = GradientExtractor(model, spec, tokenizer.pad_token_id, adam or None)  # a pool row, as the store has it
     max_length = max(shard["max_length"] for shard in read_manifest(paths.corpus)["shards"].values())
     corpus = read_corpus(paths.corpus, columns=["sample_id", "text", "n_tokens"])

@@ -59,6 +59,9 @@ class ProjectionConfig(_Section):
     lora_warmup_steps: int = Field(100, description="AdamW steps that train the adapters before any gradient is taken")
     lora_lr: float = 2e-4
     adam_precondition: bool = Field(True, description="pool gradients as the warm-up's Adam update direction (LESS)")
+    adam_momentum: bool = Field(False, description="with adam_precondition, keep the warm-up's first moment in pool rows "
+                                "(LESS: m'/sqrt(v')); false (default): g/sqrt(v') only, Adam's diagonal preconditioner "
+                                "without the moment every row shares")
 
     @model_validator(mode="after")
     def _adam_needs_lora_sketch(self) -> ProjectionConfig:

@@ -99,13 +99,19 @@ def load_adapters(model: PreTrainedModel, adapter_dir: Path) -> Any:
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
 
 
-def adam_state(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """LoRA module name -> (exp_avg, exp_avg_sq) of its weight, from the warm-up."""
+def adam_state(adapter_dir: Path, momentum: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRA module name -> (exp_avg, exp_avg_sq) of its weight, from the warm-up.
+
+    Without ``momentum`` exp_avg is zero, so ``adam_direction`` gives ``(1 - b1) g / sqrt(v')``:
+    the sample's own gradient under Adam's diagonal preconditioner. With it, nine tenths of every
+    row is the shared moment ``b1 m``, which makes the rows' cosines mostly one ranking for all."""
+    import torch
     from safetensors.torch import load_file
 
     flat = load_file(str(adapter_dir / ADAM_STATE))
     modules = {k.rsplit(".", 1)[0] for k in flat}
-    return {m: (flat[f"{m}.exp_avg"], flat[f"{m}.exp_avg_sq"]) for m in modules}
+    first = (lambda t: t) if momentum else torch.zeros_like
+    return {m: (first(flat[f"{m}.exp_avg"]), flat[f"{m}.exp_avg_sq"]) for m in modules}
 
 
 def adam_direction(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> torch.Tensor:

@@ -254,7 +254,7 @@ def pool_extractor(model: Any, tokenizer: Any, spec: Any, base: dict[str, Any], 
     from .gradients import GradientExtractor
     from .lora import adam_state
 
-    adam = adam_state(Path(base["adapter"])) if cfg.projection.adam_precondition else None
+    adam = adam_state(Path(base["adapter"]), cfg.projection.adam_momentum) if cfg.projection.adam_precondition else None
     return GradientExtractor(model, spec, tokenizer.pad_token_id, adam)
 
 

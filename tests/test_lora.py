@@ -51,11 +51,12 @@ def test_batched_lora_gradients_equal_the_per_sample_reference(tiny_lm, warmed, 
     assert ((batched - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
 
 
-def test_adam_preconditioned_gradients_follow_less_formula(warmed):
+@pytest.mark.parametrize("momentum", [True, False])
+def test_adam_preconditioned_gradients_follow_less_formula(warmed, momentum):
     model, tok, adapter = warmed
     enc = tokenize_for_loss(tok, TEXTS, 64)
     spec = projection_for(model, "countsketch", 512, seed=2, lora_only=True)
-    state = adam_state(adapter)
+    state = adam_state(adapter, momentum)
     assert set(state) == {m.name for m in spec.modules}
     ex = GradientExtractor(model, spec, tok.pad_token_id, adam=state)
     got = ex.batch(enc)
@@ -66,8 +67,8 @@ def test_adam_preconditioned_gradients_follow_less_formula(warmed):
         for m in spec.modules:
             g = modules[m.name].weight.grad
             b1, b2 = 0.9, 0.999
-            mean, sq = state[m.name]
-            direction = (b1 * mean + (1 - b1) * g) / (b2 * sq + (1 - b2) * g * g + 1e-8).sqrt()
+            mean, sq = adam_state(adapter)[m.name]  # the saved moments; without momentum, m' is the sample's own part
+            direction = ((b1 * mean if momentum else 0) + (1 - b1) * g) / (b2 * sq + (1 - b2) * g * g + 1e-8).sqrt()
             parts.append(ex.projector.project_full(m.name, direction))
         want = torch.cat(parts)
         assert (got[i] - want).norm() / want.norm() < 1e-4
