@@ -114,7 +114,7 @@ def main() -> None:
     requested = real_store.manifest["requested"]
     adam = requested.get("adam_precondition") and adam_state(Path(base["adapter"]), requested.get("adam_momentum", True))
     pool = GradientExtractor(model, spec, tokenizer.pad_token_id, adam or None)  # a pool row, as the store has it
-    max_length = max(shard["max_length"] for shard in read_manifest(paths.corpus)["shards"].values())
+    max_length = args.max_length or max(shard["max_length"] for shard in read_manifest(paths.corpus)["shards"].values())
     corpus = read_corpus(paths.corpus, columns=["sample_id", "text", "n_tokens"])
     real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
     real_rows = real_store.lookup(real_ids).astype(np.float32)

@@ -93,12 +93,6 @@ def main() -> None:
         "untrained encoder": encode(untrained, a_texts, "query") @ encode(untrained, p_texts, "document").T,
         "BM25": bm25_scorer(a_texts, p_texts),
     }
-    self_pairs = anchors[:, None] == pool[None, :]  # an anchor that is also in the pool: drop it from its own row
-    if self_pairs.any():
-        keep = ~self_pairs
-        width = int(keep.sum(1).min())
-        trim = lambda m: np.stack([row[k][:width] for row, k in zip(m, keep, strict=True)])  # noqa: E731
-        views, methods = {k: trim(v) for k, v in views.items()}, {k: trim(v) for k, v in methods.items()}
     cols = ["stored", "as queried", "plain-plain"]
     table: dict[str, dict[str, float]] = {}
     for name, m in {**{f"teacher, {k}": v for k, v in views.items()},

@@ -119,7 +119,9 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     table["teacher_ceiling"] = {**(agreement_table(data.teacher, ceiling) if ceiling is not None else {}), "planted_recall": teacher_recall}
     pair_teacher = _pair_teacher(cfg, paths, store_key)
     if data.anchor_texts and groups:  # one ranking for every query: each pool sample's mean teacher score over the training anchors
-        prior = pair_teacher(np.array([g.sample_id for g in groups], dtype=np.int64), data.pool_ids).mean(0)
+        train_ids = np.array([g.sample_id for g in groups], dtype=np.int64)
+        chunks = np.array_split(train_ids, -(-len(train_ids) // cfg.rankings.block_rows))  # a block of anchor rows at a time
+        prior = sum(pair_teacher(c, data.pool_ids).sum(0) for c in chunks) / len(train_ids)
         table["teacher_prior"] = agreement(np.tile(prior, (len(data.anchor_texts), 1)), data)
 
     tracking.setup(cfg.home_path)

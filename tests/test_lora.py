@@ -61,13 +61,14 @@ def test_adam_preconditioned_gradients_follow_less_formula(warmed, momentum):
     ex = GradientExtractor(model, spec, tok.pad_token_id, adam=state)
     got = ex.batch(enc)
     modules = dict(model.named_modules())
+    saved = adam_state(adapter)  # the saved moments; without momentum, m' is the sample's own part
     for i, e in enumerate(enc):  # the reference: full per-sample gradient, then m'/sqrt(v' + eps), then the sketch
         reference(model, spec, ex.projector, e)
         parts = []
         for m in spec.modules:
             g = modules[m.name].weight.grad
             b1, b2 = 0.9, 0.999
-            mean, sq = adam_state(adapter)[m.name]  # the saved moments; without momentum, m' is the sample's own part
+            mean, sq = saved[m.name]
             direction = ((b1 * mean if momentum else 0) + (1 - b1) * g) / (b2 * sq + (1 - b2) * g * g + 1e-8).sqrt()
             parts.append(ex.projector.project_full(m.name, direction))
         want = torch.cat(parts)
