@@ -101,7 +101,7 @@ def apply_update(home: Path, update: Update) -> Path:
         for name, values in lists.items():
             con.register(f"drop_{name}", pa.table({"v": pa.array(values, pa.string())}))
         con.execute("""
-            DELETE FROM scores WHERE kind IN ('random', 'eval', 'eval_ceiling')
+            DELETE FROM scores WHERE kind IN ('random', 'eval', 'eval_ceiling', 'eval_as_queried')
                 AND sample_id IN (SELECT sample_id FROM samples WHERE shard IN (SELECT v FROM drop_shards));
             DELETE FROM scores WHERE query_id IN (SELECT v FROM drop_queries);
             DELETE FROM scores WHERE kind IN ('top', 'bottom') AND query_id IN (SELECT v FROM drop_relisted);

@@ -34,8 +34,11 @@ from .atomic import atomic_path, read_json, write_json
 MANIFEST = "manifest.json"
 
 
-def store_key(model_hash: str, projection: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model_hash, "projection": projection}, sort_keys=True).encode()
+def store_key(model_hash: str, projection: dict[str, Any], requested: dict[str, Any] | None = None) -> str:
+    """The store's folder name: everything that decides its rows (the requested settings too, e.g.
+    the Adam preconditioning, which the projection spec does not hold)."""
+    parts = {"model": model_hash, "projection": projection, **({"requested": requested} if requested is not None else {})}
+    blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -119,7 +122,7 @@ class GradientStore:
     @classmethod
     def create(cls, base: Path, projection: dict[str, Any], model_hash: str, **provenance: Any) -> GradientStore:
         """Open the store for (model, projection) under ``base``, creating it if new."""
-        root = base / store_key(model_hash, projection)
+        root = base / store_key(model_hash, projection, provenance.get("requested"))
         root.mkdir(parents=True, exist_ok=True)
         if (root / MANIFEST).exists():
             return cls(root, read_json(root / MANIFEST))

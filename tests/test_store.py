@@ -84,3 +84,12 @@ def test_a_finished_shard_is_reused_only_for_the_same_fingerprint(tmp_path):
     w.write(np.array([0]), np.ones((1, 8)))
     w.finish()
     assert store.has_shard("s", "abc") and not store.has_shard("s", "other-rows-or-tokens")
+
+
+def test_other_requested_settings_get_their_own_store_and_find_each(tmp_path):
+    """Rows also depend on settings the projection spec does not hold (e.g. the Adam preconditioning)."""
+    less = GradientStore.create(tmp_path, PROJ, "m", requested={"adam_momentum": True})
+    plain = GradientStore.create(tmp_path, PROJ, "m", requested={"adam_momentum": False})
+    assert less.root != plain.root
+    assert GradientStore.find(tmp_path, "m", {"adam_momentum": True}).root == less.root
+    assert GradientStore.find(tmp_path, "m", {"adam_momentum": False}).root == plain.root
