@@ -9,9 +9,10 @@ from ._wrap import run_stage
 from .partitions import corpus_shards
 
 
-@dg.asset(group_name="student", deps=["tokenized_corpus", "influcoder_encoder"], partitions_def=corpus_shards,
+@dg.asset(group_name="student", deps=["tokenized_corpus", "projected_gradients", "influcoder_encoder"], partitions_def=corpus_shards,
           kinds={"numpy"}, code_version="1", automation_condition=dg.AutomationCondition.eager(),
-          description="embeddings/<encoder version>/<shard>.npy: the shard's unit embeddings from the MLflow champion "
-                      "(or the untrained encoder before any passes its gate); reused while tokens and encoder are unchanged.")
+          description="embeddings/<encoder version>/<shard>.npy: the shard's index vectors from the MLflow champion (its "
+                      "gradient rows in the champion's sketch basis, or a rankings-distilled encoder's text embeddings; the untrained "
+                      "encoder before any passes its gate); reused while tokens and encoder are unchanged.")
 def shard_embeddings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
     return run_stage(lambda: embeddings.run_shard_embeddings(influcoder.load(), context.partition_key))[1]

@@ -17,7 +17,8 @@ QUALITY_GATE = dg.AssetCheckSpec(
 
 @dg.asset(group_name="student", deps=["influence_rankings"], kinds={"mlflow", "pytorch"}, code_version="1",
           check_specs=[QUALITY_GATE], automation_condition=dg.AutomationCondition.on_cron(RETRAIN_CRON),
-          description="MiniLM distilled on the teacher's rankings; registered in MLflow, promoted to 'champion' if it passes.")
+          description="MiniLM trained to predict a text's gradient sketch (default) or distilled on the teacher's rankings; "
+                      "registered in MLflow, promoted to 'champion' if it passes.")
 def influcoder_encoder(influcoder: InflucoderConfig) -> dg.MaterializeResult:
     result, materialization = run_stage(lambda: student_stages.run_encoder(influcoder.load()))
     gate = dg.AssetCheckResult(check_name="quality_gate", passed=bool(result.metadata["promoted"]),

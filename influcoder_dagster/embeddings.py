@@ -22,6 +22,8 @@ from .teacher_stages import StageResult, short_hash
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .sketch import Sketch
+
 
 @dataclass
 class ServingEncoder:
@@ -30,6 +32,17 @@ class ServingEncoder:
     cfg: Config
     registered_version: str | None
     _model: Any = None
+    _sketch: Any = False  # False: not looked up yet
+
+    def sketch(self) -> Sketch | None:
+        """The champion's gradient-sketch basis; None for a rankings-distilled or untrained encoder,
+        whose documents are embedded from their text."""
+        from . import tracking
+
+        if self._sketch is False:
+            self._sketch = None if self.registered_version is None else tracking.load_sketch(
+                self.cfg.encoder.registered_name, self.registered_version, folder(Paths(self.cfg.home_path), self.version))
+        return self._sketch
 
     @property
     def version(self) -> str:
@@ -78,13 +91,31 @@ def ensure_shard(paths: Paths, name: str, encoder: ServingEncoder, progress: boo
     ids = table.column("sample_id").to_numpy()
     if reuse:
         return ids, np.load(root / f"{name}.npy"), 0
-    texts = table.column("text").to_pylist()
-    vectors = encode(encoder.model(), texts, "document", progress=progress) if len(ids) else np.zeros((0, 1), np.float32)
+    sketch = encoder.sketch()
+    if sketch is not None:
+        vectors = _sketched_rows(paths, name, ids, sketch)
+    else:
+        texts = table.column("text").to_pylist()
+        vectors = encode(encoder.model(), texts, "document", progress=progress) if len(ids) else np.zeros((0, 1), np.float32)
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(root / f"{name}.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, vectors)
     write_json(meta, {"rows": len(ids), "fingerprint": entry["fingerprint"], "encoder_version": encoder.version})
     return ids, vectors, len(ids)
+
+
+def _sketched_rows(paths: Paths, name: str, ids: np.ndarray, sketch: Sketch) -> np.ndarray:
+    """A gradient-sketch encoder's documents: the shard's own store rows in the sketch basis."""
+    from .teacher_stages import open_store
+
+    store = open_store(paths)
+    fitted_on = sketch.provenance.get("store_key")
+    if store.root.name != fitted_on:
+        raise RuntimeError(f"the serving encoder's gradient sketch was fitted on store {fitted_on}, but the gradient store is now "
+                           f"{store.root.name}; materialize 'influence_rankings' and 'influcoder_encoder' to fit one on it")
+    if name not in store.shard_names:
+        raise RuntimeError(f"shard {name} has no rows in gradient store {store.root.name}; materialize projected_gradients[{name}]")
+    return sketch.documents(store.lookup(ids)) if len(ids) else np.zeros((0, sketch.dim), np.float32)
 
 
 def run_shard_embeddings(cfg: Config, name: str, progress: bool = False) -> StageResult:

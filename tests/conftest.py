@@ -27,6 +27,7 @@ eval_pool_size = 60
 epochs = 1
 anchors_per_step = 8
 max_seq_length = 64
+sketch_epochs = 1
 """
 
 

@@ -30,7 +30,7 @@ def test_every_asset_is_wired_with_lineage():
     assert parents("corpus_manifest") == {"tokenized_corpus", "projected_gradients"}
     assert parents("influence_rankings") == {"corpus_manifest", "base_model"}
     assert parents("influcoder_encoder") == {"influence_rankings"}
-    assert parents("shard_embeddings") == {"tokenized_corpus", "influcoder_encoder"}
+    assert parents("shard_embeddings") == {"tokenized_corpus", "projected_gradients", "influcoder_encoder"}
     assert parents("embedding_index") == {"shard_embeddings", "influcoder_encoder", "corpus_manifest"}
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned}
     assert partitioned == {"tokenized_corpus", "projected_gradients", "shard_embeddings"}

@@ -82,7 +82,7 @@ def test_an_encoder_no_better_than_its_start_fails_the_blocking_gate_and_stays_o
     shutil.copytree(pipeline_home[0], home)
     config = tmp_path / "untrained.toml"
     assert "[encoder]\nepochs = 1" in TINY_CONFIG
-    config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("[encoder]\nepochs = 1", "[encoder]\nepochs = 0"))
+    config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("[encoder]\nepochs = 1", '[encoder]\nobjective = "rankings"\nepochs = 0'))
     tracking.setup(home)
     champion = tracking.champion_version("influcoder-encoder")
     index_before = read_json(Paths(home).index / "manifest.json")
