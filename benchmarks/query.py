@@ -14,13 +14,17 @@ For each corpus size N, one run measures side by side, per query (p50/p95 over t
   cosines against those store rows;
 * ``gradient``: the LESS-style path: the query's gradient, then a scan of the whole store.
 
-The home's real samples are padded to N with synthetic ones (clustered unit vectors for the
-index, Gaussian rows for the gradient store) — fine for time and size. Recovery (the share of the
+The home's real samples are padded to N with synthetic ones (Gaussian rows for the gradient
+store; for the index, those rows' sketches under a gradient-sketch encoder, else clustered unit
+vectors) — fine for time and size. Recovery (the share of the
 gradient path's top-10 that a method returns, for real queries) only means something when the
 rerank depth is small beside the real corpus, so ``--real R`` first grows the real part to R
 samples with more docstrings, parsed (not imported) from this environment's Python files: their
 store rows come from the home's base model through the store's own extractor (checked against the
-stored rows of the corpus), their vectors from the index's encoder.
+stored rows of the corpus), their index vectors from the index's encoder (or, for a gradient-sketch
+encoder, their rows in its sketch basis, as the index stage does). The real queries are the home's
+planted probes and held-out samples of the rankings database, which no encoder trained on; those
+samples are taken out of the benchmark corpus, as a user's text is not in the training data.
 ``compressed_recall_at_10`` compares the ivf_sq8 index with the exact one on the same vectors.
 """
 
@@ -99,6 +103,7 @@ def main() -> None:
     from influcoder_dagster.scoring import full_scores, stream_topk
     from influcoder_dagster.store import GradientStore
     from influcoder_dagster.rankings_db import connect_readonly
+    from influcoder_dagster.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.tokenized import read_corpus, read_manifest
 
     paths = Paths(Path(args.home).resolve())
@@ -111,15 +116,18 @@ def main() -> None:
     model, tokenizer = load_decoder(base["path"], base.get("adapter"))
     spec = ProjectionSpec.from_json(real_store.manifest["projection"])
     extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)  # a query's plain gradient
-    requested = real_store.manifest["requested"]
+    requested = real_store.manifest.get("requested", {})  # stores from before the Adam flags have none
     adam = requested.get("adam_precondition") and adam_state(Path(base["adapter"]), requested.get("adam_momentum", True))
     pool = GradientExtractor(model, spec, tokenizer.pad_token_id, adam or None)  # a pool row, as the store has it
     max_length = args.max_length or max(shard["max_length"] for shard in read_manifest(paths.corpus)["shards"].values())
     corpus = read_corpus(paths.corpus, columns=["sample_id", "text", "n_tokens"])
     real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
     real_rows = real_store.lookup(real_ids).astype(np.float32)
-    queries = ([t for (t,) in connect_readonly(paths.home).execute(
-        "SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()] + texts[::max(1, len(texts) // 30)])[:30]
+    con = connect_readonly(paths.home)
+    heldout = [t for (t,) in con.execute("SELECT text FROM samples WHERE split = 'heldout' ORDER BY sample_id").fetchall()]
+    queries = ([t for (t,) in con.execute("SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
+               + heldout[::max(1, len(heldout) // 30)])[:30]  # corpus samples no encoder trained on
+    con.close()
     if args.real > len(texts):
         check = [i for i, n in enumerate(corpus.column("n_tokens").to_pylist()) if n >= 2][:32]
         again = compute_gradients(pool, tokenize_for_loss(tokenizer, [texts[i] for i in check], max_length), 16).numpy()
@@ -134,27 +142,41 @@ def main() -> None:
         real_rows = np.concatenate([real_rows, compute_gradients(pool, enc, 16, progress=True).numpy()])
         real_ids = np.concatenate([real_ids, real_ids.max() + 1 + np.arange(len(extra))])
         texts = texts + extra
-    real_emb = encode(encoder, texts, "document")
-    row_of = {t: i for i, t in enumerate(texts)}
+    basis = paths.index_encoder / BASIS_FILE  # a gradient-sketch encoder: documents are their sketched rows
+    sketch = Sketch.load(basis) if basis.exists() else None
+    real_emb = sketch.documents(real_rows) if sketch is not None else encode(encoder, texts, "document")
+    # The held-out queries leave the benchmark corpus, as a user's text is not in the training data:
+    # otherwise each query's own sample tops the gradient path's list and any text encoder finds it.
+    asked = set(queries)
+    query_row = {t: real_rows[i] for i, t in enumerate(texts) if t in asked}
+    stay = np.array([t not in asked for t in texts])
+    real_ids, real_rows, real_emb = real_ids[stay], real_rows[stay], real_emb[stay]
     rng = np.random.default_rng(0)
     results = []
     for n in args.sizes:
         extra = max(0, n - len(real_ids))
-        centers = rng.standard_normal((256, real_emb.shape[1])).astype(np.float32)
-        fake = centers[rng.integers(0, 256, extra)] + 0.8 * rng.standard_normal((extra, real_emb.shape[1])).astype(np.float32)
-        emb = np.concatenate([real_emb, fake / np.linalg.norm(fake, axis=1, keepdims=True)])
         ids = np.concatenate([real_ids, np.arange(1, extra + 1, dtype=np.int64) * -1 + -(10**12)])
         with tempfile.TemporaryDirectory() as tmp:
             store = GradientStore.create(Path(tmp), {"synthetic": n, "dim": real_store.dim}, "bench")
             writer = store.writer("s", ids)
+            sketched = []  # a gradient-sketch index's padding: the padding rows' own sketches, as the index stage makes them
             for i in range(0, len(ids), 8192):
                 rows = np.arange(i, min(i + 8192, len(ids)))
                 real = rows[rows < len(real_ids)]
                 block = rng.standard_normal((len(rows), store.dim), dtype=np.float32) * float(real_rows.std())
                 block[: len(real)] = real_rows[real]
                 writer.write(rows, block)
+                if sketch is not None:
+                    sketched.append(sketch.documents(block[len(real):]))
             writer.finish()
             store.publish({"s": ""}, {}, ["s"])
+            if sketch is not None:
+                fake = np.concatenate(sketched)
+            else:  # text embeddings' padding: clustered unit vectors
+                centers = rng.standard_normal((256, real_emb.shape[1])).astype(np.float32)
+                fake = centers[rng.integers(0, 256, extra)] + 0.8 * rng.standard_normal((extra, real_emb.shape[1])).astype(np.float32)
+                fake /= np.linalg.norm(fake, axis=1, keepdims=True)
+            emb = np.concatenate([real_emb, fake])
             exact = build_index(emb, ids, kind="flat")
             defaults = IndexConfig()
             compressed = build_index(emb, ids, kind="ivf_sq8", nprobe=defaults.nprobe)
@@ -195,8 +217,8 @@ def main() -> None:
                 g = extractor.batch(tokenize_for_loss(tokenizer, [text], max_length)).numpy()
                 top, _ = stream_topk(g, store.iter_blocks(4096), 10)
                 times["gradient"].append(time.perf_counter() - t)
-                if text in row_of:  # a corpus sample: its stored row's ranking, which training anchors use
-                    stored, _ = stream_topk(real_rows[row_of[text]][None], store.iter_blocks(4096), max(args.rerank))
+                if text in query_row:  # a held-out sample: its stored row's ranking, the kind the encoder learns
+                    stored, _ = stream_topk(query_row[text][None], store.iter_blocks(4096), max(args.rerank))
                     for depth in args.rerank:
                         rec[f"stored{depth}"].append(len(set(top.ids[0][:10].tolist()) & set(stored.ids[0][:depth].tolist())) / 10)
                 q = qvecs[i]

@@ -57,6 +57,7 @@ def main() -> None:
     from influcoder_dagster.query_encoder import QueryEncoder
     from influcoder_dagster.rankings_db import connect_readonly
     from influcoder_dagster.scoring import full_scores
+    from influcoder_dagster.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.teacher_stages import open_store
     from influcoder_dagster.tokenized import read_corpus, read_manifest
 
@@ -87,9 +88,11 @@ def main() -> None:
         "plain-plain": full_scores(a_plain, p_plain),
     }
     served = QueryEncoder(paths.index_encoder)
+    basis = paths.index_encoder / BASIS_FILE  # a gradient-sketch encoder's documents are their sketched rows
+    served_docs = Sketch.load(basis).documents(pool_rows) if basis.exists() else encode(served.model, p_texts, "document")
     untrained = load_encoder(None)
     methods = {
-        "served encoder": served.encode(a_texts) @ encode(served.model, p_texts, "document").T,
+        "served encoder": served.encode(a_texts) @ served_docs.T,
         "untrained encoder": encode(untrained, a_texts, "query") @ encode(untrained, p_texts, "document").T,
         "BM25": bm25_scorer(a_texts, p_texts),
     }
