@@ -2,8 +2,9 @@
 
 One query through eager torch is mostly framework overhead; ONNX Runtime runs the same graph in
 about half the time (MiniLM on two cores: ~7 ms instead of ~13 ms for a 70-token passage, ~2-3 ms
-instead of ~11 ms for a short query) with the same embeddings (max difference ~1e-7). The export is checked against torch on probe texts before it is written, and the index
-documents stay embedded by torch, so both sides of the inner product come from one function.
+instead of ~11 ms for a short query) with the same embeddings (max difference ~1e-7). The export is checked against torch on probe texts before it is written; index
+documents that are text embeddings stay embedded by torch, so both sides of the inner product come
+from one function (a gradient-sketch index's documents are store rows, not texts).
 An index without ``query.onnx`` (export switched off) is queried through torch.
 """
 

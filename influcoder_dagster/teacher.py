@@ -9,7 +9,9 @@ agree on them. Per query the database holds:
 * ``bottom``: the most negative scores,
 * ``random``: anchors only, pool samples drawn at random, with their exact scores,
 * ``eval``/``eval_ceiling``: held-out anchors against a held-out pool sample, scored in full
-  under the store's projection and under a second seed (the teacher's noise ceiling).
+  under the store's projection and under a second seed (the teacher's noise ceiling),
+* ``eval_as_queried``: with Adam-preconditioned pool rows and stored anchors, the same pairs with
+  each held-out anchor scored from its plain gradient, as a user query is.
 """
 
 from __future__ import annotations
