@@ -40,3 +40,45 @@ def test_new_and_removed_files_only_touch_their_samples(tmp_path, local_lm):
     assert not (Paths(home).index_encoder / ONNX_NAME).exists()
     again = run_embedding_index(config, progress=False).metadata
     assert again["mode"] == "update" and again["query_backend"] == "onnxruntime"
+
+
+def test_a_gradient_sketch_index_sketches_a_new_shards_rows_in_place_and_refuses_another_store(tmp_path, local_lm):
+    import pytest
+
+    from influcoder_dagster import teacher_stages, tracking
+    from influcoder_dagster.config import Config
+    from influcoder_dagster.sketch import BASIS_FILE, Sketch
+    from influcoder_dagster.student_stages import run_encoder
+
+    home = tmp_path / "h"
+    build(home, tmp_path / "d", ["a.jsonl", "b.jsonl"], local_lm)
+    config = Config.model_validate({
+        "home": str(home), "model": {"base_model": str(local_lm), "max_length": 32},
+        "projection": {"dim": 256, "kind": "logra", "target": "weights", "adam_precondition": False},  # as build() has it
+        "rankings": {"anchor_fraction": 0.2, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 20, "block_rows": 16},
+        "encoder": {"max_seq_length": 32, "sketch_dim": 16, "sketch_epochs": 0}, "index": {"onnx_query_encoder": False},
+    })
+    trained = run_encoder(config, progress=False).metadata
+    tracking.set_champion("influcoder-encoder", trained["version"])  # served whatever its gate said: this test is about the index
+
+    first = run_embedding_index(config, progress=False).metadata
+    assert first["documents"] == "gradient_sketch" and first["count"] == 110
+    build(home, tmp_path / "d", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm)
+    grown = run_embedding_index(config, progress=False).metadata
+    assert grown["mode"] == "update" and grown["samples_added"] == grown["samples_embedded_here"] == len(FILES["c.jsonl"])
+    paths = Paths(home)
+    index, _ = load_index(paths.index)
+    store = teacher_stages.open_store(paths)
+    ids = np.sort(index_ids(index))
+    sketch = Sketch.load(paths.index_encoder / BASIS_FILE)
+    np.testing.assert_allclose(np.stack([index.reconstruct(int(i)) for i in ids]), sketch.documents(store.lookup(ids)), atol=1e-5)
+
+    # Another projection makes another store; the champion's sketch does not fit it.
+    other = config.model_copy(update={"projection": config.projection.model_copy(update={"dim": 128})})
+    teacher_stages.run_all_shards(other, progress=False)
+    assert teacher_stages.open_store(paths).root.name != sketch.provenance["store_key"]
+    import shutil
+
+    shutil.rmtree(paths.embeddings)  # the shards must be sketched again
+    with pytest.raises(RuntimeError, match="materialize 'influence_rankings' and 'influcoder_encoder'"):
+        run_embedding_index(config, progress=False)
