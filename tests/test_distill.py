@@ -45,3 +45,20 @@ def test_one_forward_pass_for_a_query_embeds_exactly_like_batched_encoding():
             np.testing.assert_allclose(single, batched, atol=1e-5)
         if asymmetric:
             assert not np.allclose(encode(model, TEXTS, "query"), encode(model, TEXTS, "document"), atol=1e-3)
+
+
+def test_a_starting_encoder_cut_to_its_first_layers_embeds_and_saves_as_such(tmp_path):
+    import pytest
+    from sentence_transformers import SentenceTransformer
+
+    full, cut = load_encoder(None, 32), load_encoder(None, 32, layers=2)
+    assert len(cut[0].auto_model.encoder.layer) == 2 and len(full[0].auto_model.encoder.layer) == 6
+    assert len(load_encoder(None, 32, layers=-1)[0].auto_model.encoder.layer) == 6  # -1: all, as configs spell it
+    texts = ["Return the sum of the items.", "Open the file and read its lines."]
+    assert not np.allclose(encode(cut, texts), encode(full, texts), atol=1e-3)
+    cut.save(str(tmp_path / "cut"))
+    again = SentenceTransformer(str(tmp_path / "cut"), device="cpu", local_files_only=True)
+    assert len(again[0].auto_model.encoder.layer) == 2
+    np.testing.assert_allclose(encode(again, texts), encode(cut, texts), atol=1e-5)
+    with pytest.raises(ValueError, match="has 6 layers"):
+        load_encoder(None, 32, layers=7)
