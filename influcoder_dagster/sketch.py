@@ -52,7 +52,7 @@ class Sketch:
 
     def targets(self, rows: np.ndarray) -> np.ndarray:
         """What the query head learns to output for a text with these (query-side) rows: unit sketches."""
-        return unit_rows(unit_rows(rows) @ self.basis.T)
+        return unit_rows(self.documents(rows))
 
     def save(self, path: Path) -> Path:
         from safetensors.numpy import save_file

