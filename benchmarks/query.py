@@ -1,4 +1,4 @@
-"""Query latency and size: encoder + index, encoder + index + gradient re-rank, and the gradient-only path.
+"""Query latency and size: encoder + index, index + gradient re-rank, and the gradient-only path.
 
     influcoder demo                                   # once: the real encoder, decoder and corpus
     python benchmarks/query.py --home influcoder_home [--sizes 10000 100000] [--json PATH]
@@ -9,9 +9,11 @@ For each corpus size N, one run measures side by side, per query (p50/p95 over t
   index has ``query.onnx``; the same encoder through eager torch is timed beside it), search the
   FAISS index that ``index.kind = "auto"`` serves at that size (exact up to ``index.flat_max``,
   else ivf_sq8);
-* ``rerank``: the same search for the top ``--rerank`` (100; several depths may be given, the
-  first is the headline), then the query's projected gradient on the base model and exact
-  cosines against those store rows;
+* ``rerank``: the query's projected gradient on the base model, a search for the top ``--rerank``
+  (100; several depths may be given, the first is the headline), then exact cosines against those
+  store rows. As the CLI does, a gradient-sketch index is searched with the query's gradient in
+  the sketch basis (``index.rerank_nprobe`` lists); the encoder's candidates are measured beside
+  it (``rerank_by_candidates``). A text-embedding index is searched with the encoder's embedding;
 * ``gradient``: the LESS-style path: the query's gradient, then a scan of the whole store.
 
 The home's real samples are padded to N with synthetic ones (Gaussian rows for the gradient
@@ -185,9 +187,8 @@ def main() -> None:
             for name, index in (("flat", exact), ("ivf_sq8", compressed)):
                 path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)})
                 sizes[name] = path.stat().st_size / len(ids)
-            times: dict[str, list[float]] = {"encoder": [], "encoder_torch": [], "gradient": [], **{f"rerank{d}": [] for d in args.rerank}}
-            rec: dict[str, list[float]] = {"compressed": [], "encoder": [], **{f"{kind}{d}": [] for d in args.rerank
-                                                                                   for kind in ("rerank", "stored")}}
+            times: dict[str, list[float]] = {"encoder": [], "encoder_torch": [], "gradient": []}
+            rec: dict[str, list[float]] = {"compressed": [], "encoder": [], **{f"stored{d}": [] for d in args.rerank}}
             # Each path runs over all the queries in turn (its steady state, as a server answering
             # only that kind of query would be), rather than interleaved with the others, whose
             # scans of the store would evict the encoder from the caches.
@@ -203,15 +204,25 @@ def main() -> None:
                 t = time.perf_counter()
                 search(served, encode(encoder, [text], "query"), 10)
                 times["encoder_torch"].append(time.perf_counter() - t)
-            rerank_tops: dict[int, list[np.ndarray]] = {d: [] for d in args.rerank}
-            for depth in args.rerank:
-                for text in queries:
-                    t = time.perf_counter()
-                    _, cand = search(served, served_encoder.encode([text]), depth)
-                    g = extractor.batch(tokenize_for_loss(tokenizer, [text], max_length)).numpy()
-                    s = full_scores(g, store.lookup(cand[0]))[0]
-                    rerank_tops[depth].append(cand[0][np.argsort(-s)])
-                    times[f"rerank{depth}"].append(time.perf_counter() - t)
+            # A gradient-sketch index's re-rank recalls with the query's sketched gradient (as the CLI
+            # does); the encoder's candidates are measured beside it.
+            sources = ["encoder", "sketch"] if sketch is not None else ["encoder"]
+            rerank_tops: dict[str, list[np.ndarray]] = {}
+            for source in sources:
+                for depth in args.rerank:
+                    key = f"{source}{depth}"
+                    times[key], rerank_tops[key] = [], []
+                    for text in queries:
+                        t = time.perf_counter()
+                        g = extractor.batch(tokenize_for_loss(tokenizer, [text], max_length)).numpy()
+                        if source == "sketch":
+                            cand = search(served, sketch.targets(g), depth, defaults.rerank_nprobe)[1][0]
+                        else:
+                            cand = search(served, served_encoder.encode([text]), depth)[1][0]
+                        cand = cand[cand != -1]
+                        s = full_scores(g, store.lookup(cand))[0]
+                        rerank_tops[key].append(cand[np.argsort(-s)])
+                        times[key].append(time.perf_counter() - t)
             for i, text in enumerate(queries):
                 t = time.perf_counter()
                 g = extractor.batch(tokenize_for_loss(tokenizer, [text], max_length)).numpy()
@@ -224,24 +235,26 @@ def main() -> None:
                 q = qvecs[i]
                 rec["compressed"].append(overlap(search(exact, q, 10)[1][0], search(compressed, q, 10)[1][0]))
                 rec["encoder"].append(overlap(top.ids[0], enc_tops[i]))
-                for depth in args.rerank:
-                    rec[f"rerank{depth}"].append(overlap(top.ids[0], rerank_tops[depth][i]))
-            head = args.rerank[0]
+                for key, tops in rerank_tops.items():
+                    rec.setdefault(key, []).append(overlap(top.ids[0], tops[i]))
+            head = f"{sources[1] if len(sources) > 1 else 'encoder'}{args.rerank[0]}"
             results.append({
-                "n": len(ids), "real_samples": len(real_ids), "served_index": "ivf_sq8" if served is compressed else "flat", "rerank_depth": head,
+                "n": len(ids), "real_samples": len(real_ids), "served_index": "ivf_sq8" if served is compressed else "flat",
+                "rerank_depth": args.rerank[0], "rerank_candidates": head.rstrip("0123456789"),
                 "encoder_backend": served_encoder.backend,
                 "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
                 "encoder_torch_ms_p50": pct(times["encoder_torch"], 50),
-                "rerank_ms_p50": pct(times[f"rerank{head}"], 50), "gradient_ms_p50": pct(times["gradient"], 50),
+                "rerank_ms_p50": pct(times[head], 50), "gradient_ms_p50": pct(times["gradient"], 50),
                 "index_bytes_per_sample": sizes["ivf_sq8" if served is compressed else "flat"],
                 "flat_index_bytes_per_sample": sizes["flat"], "compressed_index_bytes_per_sample": sizes["ivf_sq8"],
                 "store_bytes_per_sample": store.nbytes() / len(ids),
                 "compressed_recall_at_10": float(np.mean(rec["compressed"])),
-                "rerank_recovery_at_10": float(np.mean(rec[f"rerank{head}"])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
-                "rerank_by_depth": {str(d): {"ms_p50": pct(times[f"rerank{d}"], 50), "recovery_at_10": float(np.mean(rec[f"rerank{d}"])),
-                                             "stored_row_recovery_at_10": float(np.mean(rec[f"stored{d}"]))}
-                                    for d in args.rerank},
-                "stored_row_queries": len(rec[f"stored{head}"]),
+                "rerank_recovery_at_10": float(np.mean(rec[head])), "encoder_recovery_at_10": float(np.mean(rec["encoder"])),
+                "rerank_by_candidates": {source: {str(d): {"ms_p50": pct(times[f"{source}{d}"], 50),
+                                                           "recovery_at_10": float(np.mean(rec[f"{source}{d}"]))} for d in args.rerank}
+                                         for source in sources},
+                "stored_row_recovery_at_10": {str(d): float(np.mean(rec[f"stored{d}"])) for d in args.rerank},
+                "stored_row_queries": len(rec[f"stored{args.rerank[0]}"]),
             })
     print(f"\n{len(queries)} queries; {len(real_ids):,} real samples; store dim {real_store.dim}; encoder {paths.index_encoder} ({served_encoder.backend});"
           f" re-rank depth {args.rerank[0]}")
@@ -256,16 +269,16 @@ def main() -> None:
               f" | {r['flat_index_bytes_per_sample']:.0f} / {r['compressed_index_bytes_per_sample']:.0f} | {r['store_bytes_per_sample']:.0f}"
               f" | {r['store_bytes_per_sample'] / r['index_bytes_per_sample']:.1f}x | {r['compressed_recall_at_10']:.3f}"
               f" | {r['rerank_recovery_at_10']:.3f} / {r['encoder_recovery_at_10']:.3f} |")
-    if len(args.rerank) > 1:
-        print("\nre-rank depth: p50 ms / recovery of the gradient path's top-10, per N")
-        for r in results:
-            print(f"  N = {r['n']:,}: " + ", ".join(f"{d}: {v['ms_p50']:.1f} ms / {v['recovery_at_10']:.3f}"
-                                                 for d, v in r["rerank_by_depth"].items()))
+    print("\nre-rank: p50 ms / recovery of the gradient path's top-10, per N, candidates and depth")
+    for r in results:
+        for source, by_depth in r["rerank_by_candidates"].items():
+            print(f"  N = {r['n']:,}, {source} candidates: " + ", ".join(f"{d}: {v['ms_p50']:.1f} ms / {v['recovery_at_10']:.3f}"
+                                                                        for d, v in by_depth.items()))
     print("\nthe same depths taken from a corpus query's stored-row ranking (the rankings the encoder learns;"
           " a perfect student's recovery), per N")
     for r in results:
         print(f"  N = {r['n']:,} ({r['stored_row_queries']} corpus queries): "
-              + ", ".join(f"{d}: {v['stored_row_recovery_at_10']:.3f}" for d, v in r["rerank_by_depth"].items()))
+              + ", ".join(f"{d}: {v:.3f}" for d, v in r["stored_row_recovery_at_10"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -48,10 +48,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         print("note: no distilled encoder has passed its quality gate yet; these come from the untrained base encoder\n")
     for text, hits in zip(texts, results, strict=True):
         print(f"query: {text[:100]}")
-        cols = ["rank", "sample_id", "score"] + (["encoder_score"] if args.rerank else []) + ["source", "row", "text"]
-        print(_table([{**h, "score": f"{h['score']:.3f}", "encoder_score": f"{h.get('encoder_score', 0):.3f}"} for h in hits], cols))
+        cols = ["rank", "sample_id", "score"] + (["index_score"] if args.rerank else []) + ["source", "row", "text"]
+        print(_table([{**h, "score": f"{h['score']:.3f}", "index_score": f"{h.get('index_score', 0):.3f}"} for h in hits], cols))
         print()
-    how = f"top-{args.rerank} re-ranked by the teacher's gradient score" if args.rerank else "encoder similarity"
+    recall = "the query's gradient sketch" if attributor.sketch is not None else "the encoder"
+    how = f"top-{args.rerank} recalled by {recall}, re-ranked by the teacher's gradient score" if args.rerank else "encoder similarity"
     print(f"{ms:.1f} ms per query ({how}; encoder {attributor.manifest['encoder_version']}, {attributor.index.ntotal} samples)")
     return 0
 
@@ -70,7 +71,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
     hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries])
-    method = f"index top-{args.rerank} re-ranked by gradient influence" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
+    recall = "the gradient sketch" if attributor.sketch is not None else "the encoder"
+    method = f"index top-{args.rerank} (recalled by {recall}) re-ranked by gradient influence" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
     out = Path(args.out) if args.out else cfg.home_path / "audits" / datetime.now().strftime("%Y%m%d-%H%M%S")
     files = write_audit(out, queries, hits, method)
     print(f"audited {len(queries)} outputs; report {files['report']}, tables in {files['database']}")

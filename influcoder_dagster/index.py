@@ -110,18 +110,21 @@ def index_ids(index: Any) -> np.ndarray:
 SERIAL_SEARCH_MAX = 8  # query batches up to this size search on one thread
 
 
-def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, ids) per query row. A few queries search on one thread: FAISS would spread one
-    query over OpenMP threads that then spin-wait and take the cores from the query encoder's next
-    run (measured on 2 cores, encoder + exact search at N = 10k: 9.4 ms a query, 2.7 ms serial)."""
+def search(index: Any, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) per query row; ``nprobe`` overrides an ivf_sq8 index's own for this search.
+
+    A few queries search on one thread: FAISS would spread one query over OpenMP threads that then
+    spin-wait and take the cores from the query encoder's next run (measured on 2 cores, encoder +
+    exact search at N = 10k: 9.4 ms a query, 2.7 ms serial)."""
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    params = faiss.SearchParametersIVF(nprobe=int(nprobe)) if nprobe and index_kind(index) == "ivf_sq8" else None
     if len(queries) > SERIAL_SEARCH_MAX:
-        return index.search(queries, k)
+        return index.search(queries, k, params=params)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        return index.search(queries, k)
+        return index.search(queries, k, params=params)
     finally:
         faiss.omp_set_num_threads(threads)

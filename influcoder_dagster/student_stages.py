@@ -341,6 +341,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
     path = save_index(index, paths.index, {
         "encoder_name": cfg.encoder.registered_name, "encoder_version": encoder.version, "dataset_version": manifest["dataset_version"],
         "base_model_hash": manifest["base_model_hash"], "dim": int(index.d), "nprobe": cfg.index.nprobe,
+        "rerank_nprobe": cfg.index.rerank_nprobe,
         "documents": "gradient_sketch" if sketch is not None else "text_embeddings",
         "sketch": sketch.provenance if sketch is not None else None,
     })

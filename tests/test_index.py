@@ -1,3 +1,4 @@
+import faiss
 import numpy as np
 import pytest
 
@@ -78,5 +79,12 @@ def test_the_compressed_index_is_smaller_keeps_recall_and_supports_removal(tmp_p
     reloaded, manifest = load_index(tmp_path / "i")
     assert manifest["kind"] == "ivf_sq8"
     np.testing.assert_array_equal(search(reloaded, q, 10)[1], got)
+    inner = faiss.extract_index_ivf(reloaded.index)
+    far = unit(rng.standard_normal((50, 32)))  # between the clusters: probing more lists finds more
+    far_truth = search(exact, far, 10)[1]
+    recall_of = lambda found: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(far_truth, found, strict=True)])  # noqa: E731
+    one, own, every = (search(reloaded, far, 10, nprobe=p)[1] for p in (1, None, inner.nlist))
+    assert inner.nprobe == 16  # a per-search nprobe leaves the index's own alone
+    assert recall_of(one) < recall_of(own) < recall_of(every)
     reloaded.remove_ids(ids[:100])
     assert reloaded.ntotal == 5900 and not set(ids[:100]) & set(index_ids(reloaded).tolist())

@@ -152,6 +152,25 @@ def test_rerank_returns_the_teachers_order_and_scores_among_the_candidates(pipel
         assert abs(h["score"] - teacher[h["sample_id"]]) < 1e-4
 
 
+def test_a_sketch_index_rerank_returns_the_teachers_full_store_top_k(pipeline_home):
+    """The re-rank recalls with the query's own gradient, sketched; this tiny store has fewer rows
+    than the sketch has directions, so the basis spans every row and a shallow re-rank must give
+    exactly the teacher's top-k over the whole store, as the rankings asset computed it."""
+    from influcoder_dagster.attribute import Attributor
+
+    home, _, _ = pipeline_home
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    attributor = Attributor(home)
+    assert attributor.sketch is not None and attributor.sketch.dim == n
+    users = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()
+    hits = attributor.query([t for _, t, _ in users], k=10, rerank=20, prompts=[p for _, _, p in users])
+    for (qid, _, _), got in zip(users, hits, strict=True):
+        teacher = [s for (s,) in con.execute("SELECT sample_id FROM scores WHERE query_id = ? AND kind = 'top' ORDER BY \"rank\"",
+                                              [qid]).fetchall()][:10]
+        assert {h["sample_id"] for h in got} == set(teacher), qid
+
+
 def test_cli_audit_on_the_pipeline_output(pipeline_home, tmp_path, capsys):
     home, config, _ = pipeline_home
     queries = home / "demo" / "queries.jsonl"
