@@ -30,5 +30,7 @@ def metadata(values: dict[str, Any]) -> dict[str, Any]:
 def run_stage(fn: Callable[[], StageResult], **extra: Any) -> tuple[StageResult, dg.MaterializeResult]:
     started = time.perf_counter()
     result = fn()
+    if result.metadata.get("warning"):
+        dg.get_dagster_logger().warning(result.metadata["warning"])
     values = {**result.metadata, "wall_seconds": round(time.perf_counter() - started, 2)}
     return result, dg.MaterializeResult(metadata=metadata(values), data_version=dg.DataVersion(result.data_version), **extra)

@@ -12,6 +12,7 @@ from .config import Config
 from .metrics import planted_recall
 from .paths import Paths
 
+RERANK_DEPTH = 100  # the README's `--rerank 100`
 ASSET_ORDER = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
                "influcoder_encoder", "shard_embeddings", "embedding_index"]
 
@@ -53,6 +54,7 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
     hits = attributor.query([q["text"] for q in probes], cfg.k)
     query_ms = (time.perf_counter() - t) * 1000 / max(len(probes), 1)
     served_recall = planted_recall([[h["sample_id"] for h in hs] for hs in hits], relevant, cfg.k)
+    rerank = _rerank_check(attributor, paths, probes, cfg.k) if probes else {}
 
     rankings, encoder, index = meta.get("influence_rankings", {}), meta.get("influcoder_encoder", {}), meta.get("embedding_index", {})
     corpus = meta["corpus_manifest"]
@@ -70,8 +72,9 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
             "encoder_served_by_index": served_recall,
         },
         "encoder": {"version": encoder.get("version"), "promoted": encoder.get("promoted"), "reason": encoder.get("promotion_reason"),
-                    "served_version": attributor.manifest["encoder_version"]},
+                    "served_version": attributor.manifest["encoder_version"], "warning": encoder.get("warning")},
         "query_ms_per_text": round(query_ms, 2),
+        "rerank": rerank,
         "artifact_bytes": {
             "base_model": meta["base_model"]["bytes"], "tokenized_corpus": dir_size(paths.corpus),
             "projected_gradients": corpus["bytes"], "influence_rankings": rankings.get("bytes"),
@@ -83,6 +86,27 @@ def run_demo(config_path: str | None, cfg: Config) -> int:
     print(_report(summary, encoder.get("eval_table"), probes[0]["text"] if probes else None, hits[0] if hits else []))
     print(f"\nwritten to {paths.demo_summary}")
     return 0
+
+
+def _rerank_check(attributor: Any, paths: Paths, probes: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """``--rerank 100`` on the probes: its latency, and the share of the teacher's full-store top-k
+    (the rankings database's ``top`` rows) that it returns."""
+    from .rankings_db import connect_readonly
+
+    texts, prompts = [q["text"] for q in probes], [q["prompt"] for q in probes]
+    attributor.query(texts[:1], 1, RERANK_DEPTH, prompts[:1])  # loads the decoder and the store, as the CLI does first
+    t = time.perf_counter()
+    hits = attributor.query(texts, k, RERANK_DEPTH, prompts)
+    ms = (time.perf_counter() - t) * 1000 / len(texts)
+    con = connect_readonly(paths.home)
+    try:
+        tops = [{s for (s,) in con.execute('SELECT sample_id FROM scores WHERE query_id = ? AND kind = \'top\' AND "rank" <= ?',
+                                           [q["query_id"], k]).fetchall()} for q in probes]
+    finally:
+        con.close()
+    found = [len(top & {h["sample_id"] for h in hs}) / len(top) for top, hs in zip(tops, hits, strict=True) if top]
+    return {"depth": RERANK_DEPTH, "ms_per_text": round(ms, 2), f"teacher_top_{k}_recovered": round(float(sum(found) / len(found)), 3) if found else None,
+            "recalled_by": "gradient sketch" if attributor.sketch is not None else "encoder"}
 
 
 def _report(summary: dict[str, Any], eval_table: str | None, probe: str | None, hits: list[dict[str, Any]]) -> str:
@@ -98,6 +122,12 @@ def _report(summary: dict[str, Any], eval_table: str | None, probe: str | None, 
         f"({summary['encoder']['reason']})",
         f"Query latency: {summary['query_ms_per_text']:.1f} ms per text",
     ]
+    if summary["encoder"].get("warning"):
+        lines.append(f"Warning: {summary['encoder']['warning']}")
+    rr = summary.get("rerank") or {}
+    if rr:
+        lines.append(f"Re-rank {rr['depth']} (recalled by the {rr['recalled_by']}): {rr['ms_per_text']:.1f} ms per text, "
+                     f"{fmt(rr.get(f'teacher_top_{k}_recovered'))} of the teacher's full-store top-{k} returned")
     if eval_table:
         lines += ["", "Held-out evaluation (agreement with the teacher):", eval_table]
     if probe:

@@ -168,7 +168,8 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     write_json(paths.eval / EVAL_FILE, ordered)
     record = {"registered_name": e.registered_name, "version": version, "model_uri": model_uri, "mlflow_run_id": run_id,
               "promoted": promoted, "promotion_reason": why, "previous_champion": previous,
-              "base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run}
+              "base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
+              "warning": prior_warning(table)}
     write_json(paths.encoder_pointer, record)
     return StageResult({**record, "eval_table": format_table(ordered), "train_seconds": train_s, "train_steps": result.steps,
                         "objective": e.objective, "train_anchors": len(groups) if e.objective == "rankings" else None, "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes,
@@ -286,6 +287,24 @@ def promotion_decision(table: dict[str, dict[str, float]], champion_spearman: fl
     if champion_spearman is not None and student <= champion_spearman:
         return False, f"held-out Spearman {student:.3f} does not beat the champion's {champion_spearman:.3f}"
     return True, f"held-out Spearman {student:.3f} beats every baseline" + (f" and the champion's {champion_spearman:.3f}" if champion_spearman is not None else "")
+
+
+def prior_warning(table: dict[str, dict[str, float]]) -> str | None:
+    """A warning when the student does not beat the teacher prior (one ranking for every query).
+
+    Not a gate: a refused student leaves the untrained encoder serving, which ranks worse still
+    (SmolLM2 with a rankings student: prior 0.336, student 0.114, untrained 0.098), so the user
+    is told what the figures mean instead."""
+    prior, student = table.get("teacher_prior"), table.get("student", {})
+    if not prior:
+        return None
+    for view in ("spearman", "spearman_as_queried"):
+        s, p = student.get(view), prior.get(view)
+        if s is not None and p is not None and np.isfinite(s) and np.isfinite(p) and s <= p:
+            return (f"the student's held-out {view} ({s:.3f}) does not beat the teacher prior ({p:.3f}), which ranks the pool "
+                    "the same way for every query: its answers are mostly one popularity order, not attribution. "
+                    "Try encoder.objective = 'gradient_sketch', more training samples, or check the rankings' anchors")
+    return None
 
 
 def _champion_spearman(name: str, version: str) -> float | None:

@@ -6,7 +6,7 @@ from influcoder_dagster.config import EncoderConfig
 from influcoder_dagster.demo_data import docstring_passages
 from influcoder_dagster.distill import AnchorGroup, encode, load_encoder, train_encoder
 from influcoder_dagster.metrics import per_query_spearman
-from influcoder_dagster.student_stages import promotion_decision
+from influcoder_dagster.student_stages import prior_warning, promotion_decision
 
 # The teacher below ranks by a made-up label that no pretrained encoder knows: a sample's code word.
 CODE_WORDS = ["zorblat", "quiffen", "drabnix", "plimvex", "troskel", "vandrup"]
@@ -65,6 +65,17 @@ def test_the_gate_refuses_a_student_that_loses_to_a_baseline_or_to_the_champion(
     assert not refused and "bm25" in why
     refused, why = promotion_decision({**table, "student": row(float("nan"))}, None)
     assert not refused and "no ranking" in why
+
+
+def test_a_student_level_with_the_teacher_prior_is_promoted_with_a_warning():
+    table = {"student": {"spearman": 0.30, "spearman_as_queried": 0.20}, "untrained": {"spearman": 0.05}, "bm25": {"spearman": 0.1},
+             "random": {"spearman": 0.0}, "teacher_prior": {"spearman": 0.25, "spearman_as_queried": 0.22}}
+    assert promotion_decision(table, None)[0]  # better than what would serve instead
+    warning = prior_warning(table)
+    assert warning and "spearman_as_queried (0.200)" in warning and "prior (0.220)" in warning
+    table["teacher_prior"]["spearman_as_queried"] = 0.1
+    assert prior_warning(table) is None
+    assert prior_warning({k: v for k, v in table.items() if k != "teacher_prior"}) is None
 
 
 def test_an_encoder_no_better_than_its_start_fails_the_blocking_gate_and_stays_out_of_the_index(pipeline_home, tmp_path):
