@@ -171,6 +171,19 @@ def test_a_sketch_index_rerank_returns_the_teachers_full_store_top_k(pipeline_ho
         assert {h["sample_id"] for h in got} == set(teacher), qid
 
 
+def test_a_rerank_refuses_a_sketch_fitted_on_another_store(pipeline_home):
+    import pytest
+
+    from influcoder_dagster.attribute import _Teacher
+    from influcoder_dagster.index import IndexError_
+    from influcoder_dagster.sketch import Sketch
+
+    home, _, _ = pipeline_home
+    stale = Sketch(np.eye(4, dtype=np.float32), {"store_key": "an-older-store"})
+    with pytest.raises(IndexError_, match="an-older-store.*materialize 'influence_rankings', 'influcoder_encoder' and 'embedding_index'"):
+        _Teacher(Paths(home), 64, stale)
+
+
 def test_cli_audit_on_the_pipeline_output(pipeline_home, tmp_path, capsys):
     home, config, _ = pipeline_home
     queries = home / "demo" / "queries.jsonl"
