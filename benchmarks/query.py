@@ -237,10 +237,11 @@ def main() -> None:
                 rec["encoder"].append(overlap(top.ids[0], enc_tops[i]))
                 for key, tops in rerank_tops.items():
                     rec.setdefault(key, []).append(overlap(top.ids[0], tops[i]))
-            head = f"{sources[1] if len(sources) > 1 else 'encoder'}{args.rerank[0]}"
+            served_source = sources[-1]  # what the CLI's re-rank recalls with: the sketch when there is one
+            head = f"{served_source}{args.rerank[0]}"
             results.append({
                 "n": len(ids), "real_samples": len(real_ids), "served_index": "ivf_sq8" if served is compressed else "flat",
-                "rerank_depth": args.rerank[0], "rerank_candidates": head.rstrip("0123456789"),
+                "rerank_depth": args.rerank[0], "rerank_candidates": served_source,
                 "encoder_backend": served_encoder.backend,
                 "encoder_ms_p50": pct(times["encoder"], 50), "encoder_ms_p95": pct(times["encoder"], 95),
                 "encoder_torch_ms_p50": pct(times["encoder_torch"], 50),

@@ -16,13 +16,17 @@ encoder's embedding.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import IndexConfig
 from .index import IndexError_, load_index
 from .paths import Paths
 from .tokenized import read_corpus, read_manifest
+
+if TYPE_CHECKING:
+    from .sketch import Sketch
 
 
 class Attributor:
@@ -48,7 +52,7 @@ class Attributor:
         self._cols = {c: corpus.column(c).to_pylist() for c in ("text", "source", "row")}
         self._teacher: _Teacher | None = None
 
-    def _sketch(self) -> Any:
+    def _sketch(self) -> Sketch | None:
         """The index's sketch basis, when its documents are gradient sketches."""
         from .sketch import BASIS_FILE, Sketch
 
@@ -76,14 +80,15 @@ class Attributor:
             self._teacher = _Teacher(self.paths, self.max_length, self.sketch)
         grads = self._teacher.gradients(texts, prompts)
         if self.sketch is not None:
-            scores, ids = search(self.index, self.sketch.targets(grads), max(k, rerank), self.manifest.get("rerank_nprobe"))
+            nprobe = self.manifest.get("rerank_nprobe", IndexConfig().rerank_nprobe)  # indexes from before the setting
+            scores, ids = search(self.index, self.sketch.targets(grads), max(k, rerank), nprobe)
         else:
             scores, ids = search(self.index, self.encoder.encode(texts), max(k, rerank))
+        valid = ids >= 0
+        exact_rows = self._teacher.scores(grads, [irow[v] for irow, v in zip(ids, valid, strict=True)])
         out = []
-        for g, srow, irow in zip(grads, scores, ids, strict=True):
-            valid = irow >= 0
-            cands, recalled = irow[valid], srow[valid]
-            exact = self._teacher.scores(g, cands)
+        for srow, irow, v, exact in zip(scores, ids, valid, exact_rows, strict=True):
+            cands, recalled = irow[v], srow[v]
             order = np.argsort(-exact, kind="stable")[:k]
             out.append([self._hit(r, int(cands[j]), float(exact[j]), index_score=float(recalled[j])) for r, j in enumerate(order, start=1)])
         return out
@@ -92,7 +97,7 @@ class Attributor:
 class _Teacher:
     """The exact gradient score of a query against chosen store rows (loaded on first rerank)."""
 
-    def __init__(self, paths: Paths, max_length: int, sketch: Any = None) -> None:
+    def __init__(self, paths: Paths, max_length: int, sketch: Sketch | None = None) -> None:
         from .atomic import read_json
         from .decoder import load_decoder
         from .gradients import GradientExtractor
@@ -119,8 +124,14 @@ class _Teacher:
 
         return compute_gradients(self.extractor, tokenize_for_loss(self.tokenizer, texts, self.max_length, prompts), batch_size=16).numpy()
 
-    def scores(self, gradient: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """The teacher's cosine of one query gradient with each candidate's store row."""
-        from .scoring import full_scores
+    def scores(self, gradients: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """The teacher's cosine of each query gradient with each of its candidates' store rows; the
+        rows of all queries' candidates are read in one lookup (an audit's queries share many)."""
+        from .scoring import unit_rows
 
-        return full_scores(gradient[None], self.store.lookup(candidates))[0] if len(candidates) else np.zeros(0, dtype=np.float32)
+        wanted = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, dtype=np.int64)
+        if not len(wanted):
+            return [np.zeros(0, dtype=np.float32) for _ in candidates]
+        rows = unit_rows(self.store.lookup(wanted))
+        queries = unit_rows(gradients)
+        return [(rows[np.searchsorted(wanted, c)] @ q).numpy() for q, c in zip(queries, candidates, strict=True)]

@@ -121,10 +121,10 @@ class EncoderConfig(_Section):
 class IndexConfig(_Section):
     kind: Literal["auto", "flat", "ivf_sq8", "hnsw"] = "auto"
     flat_max: int = Field(20_000, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
-    nprobe: int = Field(512, description="inverted lists searched per encoder query (ivf_sq8). Gradient sketches cluster "
+    nprobe: int = Field(512, ge=1, description="inverted lists searched per encoder query (ivf_sq8). Gradient sketches cluster "
                         "less than text embeddings: on the demo's sketches padded to 100k (1,264 lists, 100 queries), "
                         "256 kept 0.933 of the exact top-10 (0.6 ms a search), 512 kept 0.965 (1.2 ms)")
-    rerank_nprobe: int = Field(1024, description="inverted lists searched when a re-rank recalls candidates with the "
+    rerank_nprobe: int = Field(1024, ge=1, description="inverted lists searched when a re-rank recalls candidates with the "
                                "query's gradient sketch; the backward pass dwarfs the search. Same 100k probe, depth 100: "
                                "512 recovered 0.950 of the gradient path's top-10, 1024 recovered 0.993 (2.6 ms a search)")
     hnsw_m: int = 32

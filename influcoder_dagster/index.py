@@ -119,7 +119,7 @@ def search(index: Any, queries: np.ndarray, k: int, nprobe: int | None = None) -
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    params = faiss.SearchParametersIVF(nprobe=int(nprobe)) if nprobe and index_kind(index) == "ivf_sq8" else None
+    params = faiss.SearchParametersIVF(nprobe=int(nprobe)) if nprobe is not None and index_kind(index) == "ivf_sq8" else None
     if len(queries) > SERIAL_SEARCH_MAX:
         return index.search(queries, k, params=params)
     threads = faiss.omp_get_max_threads()

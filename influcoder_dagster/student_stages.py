@@ -169,7 +169,7 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     record = {"registered_name": e.registered_name, "version": version, "model_uri": model_uri, "mlflow_run_id": run_id,
               "promoted": promoted, "promotion_reason": why, "previous_champion": previous,
               "base_model_hash": model_hash, "dataset_version": dataset_version, "teacher_run_id": teacher_run,
-              "warning": prior_warning(table)}
+              "warning": prior_warning(table, e.objective) if promoted else None}
     write_json(paths.encoder_pointer, record)
     return StageResult({**record, "eval_table": format_table(ordered), "train_seconds": train_s, "train_steps": result.steps,
                         "objective": e.objective, "train_anchors": len(groups) if e.objective == "rankings" else None, "encoder_params": n_params, "embedding_bytes_per_sample": emb_bytes,
@@ -289,7 +289,7 @@ def promotion_decision(table: dict[str, dict[str, float]], champion_spearman: fl
     return True, f"held-out Spearman {student:.3f} beats every baseline" + (f" and the champion's {champion_spearman:.3f}" if champion_spearman is not None else "")
 
 
-def prior_warning(table: dict[str, dict[str, float]]) -> str | None:
+def prior_warning(table: dict[str, dict[str, float]], objective: str = "gradient_sketch") -> str | None:
     """A warning when the student does not beat the teacher prior (one ranking for every query).
 
     Not a gate: a refused student leaves the untrained encoder serving, which ranks worse still
@@ -303,7 +303,8 @@ def prior_warning(table: dict[str, dict[str, float]]) -> str | None:
         if s is not None and p is not None and np.isfinite(s) and np.isfinite(p) and s <= p:
             return (f"the student's held-out {view} ({s:.3f}) does not beat the teacher prior ({p:.3f}), which ranks the pool "
                     "the same way for every query: its answers are mostly one popularity order, not attribution. "
-                    "Try encoder.objective = 'gradient_sketch', more training samples, or check the rankings' anchors")
+                    + ("Try encoder.objective = 'gradient_sketch', " if objective != "gradient_sketch" else "Try ")
+                    + "more training samples, or check the rankings' anchors")
     return None
 
 

@@ -86,5 +86,8 @@ def test_the_compressed_index_is_smaller_keeps_recall_and_supports_removal(tmp_p
     one, own, every = (search(reloaded, far, 10, nprobe=p)[1] for p in (1, None, inner.nlist))
     assert inner.nprobe == 16  # a per-search nprobe leaves the index's own alone
     assert recall_of(one) < recall_of(own) < recall_of(every)
+    few = far[:4]  # a small batch searches on one thread: the override applies there too
+    np.testing.assert_array_equal(search(reloaded, few, 10, nprobe=inner.nlist)[1], every[:4])
+    np.testing.assert_array_equal(search(exact, few, 10, nprobe=1)[1], far_truth[:4])  # an exact index has no lists to probe
     reloaded.remove_ids(ids[:100])
     assert reloaded.ntotal == 5900 and not set(ids[:100]) & set(index_ids(reloaded).tolist())

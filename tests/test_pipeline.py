@@ -171,6 +171,23 @@ def test_a_sketch_index_rerank_returns_the_teachers_full_store_top_k(pipeline_ho
         assert {h["sample_id"] for h in got} == set(teacher), qid
 
 
+def test_a_text_embedding_index_reranks_the_encoders_candidates_exactly(pipeline_home):
+    """The ``rankings`` objective's path: the encoder recalls, the teacher orders. With every
+    sample recalled, the top-k are the teacher's full-store top-k."""
+    from influcoder_dagster.attribute import Attributor
+
+    home, _, _ = pipeline_home
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    qid, text, prompt = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchone()
+    teacher = [s for (s,) in con.execute('SELECT sample_id FROM scores WHERE query_id = ? AND kind = \'top\' ORDER BY "rank"', [qid]).fetchall()]
+    attributor = Attributor(home)
+    attributor.sketch = None  # as a text-embedding index is queried
+    shallow = attributor.query([text], k=10, rerank=12, prompts=[prompt])[0]
+    assert {h["sample_id"] for h in attributor.query([text], k=10, rerank=n, prompts=[prompt])[0]} == set(teacher[:10])
+    assert len(shallow) == 10 and [h["score"] for h in shallow] == sorted((h["score"] for h in shallow), reverse=True)
+
+
 def test_a_rerank_refuses_a_sketch_fitted_on_another_store(pipeline_home):
     import pytest
 
