@@ -101,7 +101,10 @@ class _Teacher:
         from .atomic import read_json
         from .decoder import load_decoder
         from .gradients import GradientExtractor
+        import torch
+
         from .projection import ProjectionSpec
+        from .rankings_stage import read_preconditioner
         from .store import GradientStore
 
         if not paths.gradients_pointer.exists() or not paths.base_model_pointer.exists():
@@ -113,16 +116,24 @@ class _Teacher:
         if sketch is not None and sketch.provenance.get("store_key") != self.store.root.name:
             raise IndexError_(f"the index's gradient sketch was fitted on store {sketch.provenance.get('store_key')}, but the store is now "
                               f"{self.store.root.name}; materialize 'influence_rankings', 'influcoder_encoder' and 'embedding_index'")
+        try:
+            inverse = read_preconditioner(self.store)
+        except RuntimeError as exc:
+            raise IndexError_(str(exc)) from exc
+        self.preconditioner = torch.from_numpy(inverse) if inverse is not None else None
         model, self.tokenizer = load_decoder(base["path"], base.get("adapter"))
         self.max_length = max_length
         self.extractor = GradientExtractor(model, ProjectionSpec.from_json(self.store.manifest["projection"]), self.tokenizer.pad_token_id)
 
     def gradients(self, texts: list[str], prompts: list[str | None] | None) -> np.ndarray:
-        """The queries' plain projected gradients on the base model, as the gradient path scores a user query."""
+        """The queries' projected gradients on the base model, plain as the gradient path scores a
+        user query, times ``(F + lambda I)^-1`` when the rankings are preconditioned (the same
+        query side the rankings and the sketch student's targets have)."""
         from .decoder import tokenize_for_loss
         from .gradients import compute_gradients
 
-        return compute_gradients(self.extractor, tokenize_for_loss(self.tokenizer, texts, self.max_length, prompts), batch_size=16).numpy()
+        grads = compute_gradients(self.extractor, tokenize_for_loss(self.tokenizer, texts, self.max_length, prompts), batch_size=16)
+        return (grads.float() @ self.preconditioner if self.preconditioner is not None else grads).numpy()
 
     def scores(self, gradients: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
         """The teacher's cosine of each query gradient with each of its candidates' store rows; the

@@ -39,6 +39,7 @@ from .teacher_stages import (
 
 QUERY_CACHE = "user_queries.npz"
 ANCHOR_CACHE = "anchor_queries.npz"  # anchors' plain gradients, when the pool's rows are Adam directions
+PRECONDITIONER_FILE = "preconditioner.safetensors"  # (F + lambda I)^-1, when the rankings are preconditioned
 
 
 class _Decoder:
@@ -92,6 +93,37 @@ def cached_query_gradients(path: Path, queries: list[dict[str, Any]], compute: C
 def plain_anchor_gradients(cfg: Config) -> bool:
     """Whether an anchor's query side is its plain gradient (as a user query's) rather than its stored row."""
     return cfg.projection.adam_precondition and cfg.rankings.anchor_gradients == "plain"
+
+
+def write_preconditioner(store: Any, fisher_matrix: np.ndarray, damping: float) -> Path:
+    """``(F + lambda I)^-1`` beside the store, so that a re-rank scores a query as these rankings do
+    without a pass over the store; tagged with the store's data version it was estimated on."""
+    from safetensors.numpy import save_file
+
+    from .atomic import atomic_path
+    from .scoring import precondition
+
+    inverse = precondition(np.eye(store.dim, dtype=np.float32), fisher_matrix, damping)  # symmetric: rows = columns
+    with atomic_path(store.root / PRECONDITIONER_FILE) as tmp:
+        save_file({"inverse": np.ascontiguousarray(inverse, dtype=np.float32)}, str(tmp),
+                  metadata={"dataset_version": str(store.manifest.get("dataset_version")), "damping": str(damping)})
+    return store.root / PRECONDITIONER_FILE
+
+
+def read_preconditioner(store: Any) -> np.ndarray | None:
+    """The preconditioner the last rankings run wrote, or None when they are plain cosines;
+    raises when it was estimated on other data than the store now holds."""
+    from safetensors import safe_open
+
+    path = store.root / PRECONDITIONER_FILE
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="numpy") as f:
+        version = f.metadata().get("dataset_version")
+        if version != str(store.manifest.get("dataset_version")):
+            raise RuntimeError(f"{path} was estimated on data version {version}, but the store now holds "
+                               f"{store.manifest.get('dataset_version')}; materialize 'influence_rankings'")
+        return f.get_tensor("inverse")
 
 
 def read_anchor_gradients(store_root: Path) -> dict[int, np.ndarray]:
@@ -199,6 +231,9 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     if r.precondition:
         f = fisher(store.iter_blocks(r.block_rows), store.dim)
         transform = lambda g: precondition(g, f, r.damping)  # noqa: E731
+        write_preconditioner(store, f, r.damping)
+    else:
+        (store.root / PRECONDITIONER_FILE).unlink(missing_ok=True)
 
     def query_grads(qids: list[str]) -> np.ndarray:
         out = np.zeros((len(qids), store.dim), dtype=np.float32)

@@ -188,6 +188,44 @@ def test_a_text_embedding_index_reranks_the_encoders_candidates_exactly(pipeline
     assert len(shallow) == 10 and [h["score"] for h in shallow] == sorted((h["score"] for h in shallow), reverse=True)
 
 
+def test_a_rerank_scores_as_preconditioned_rankings_do(pipeline_home, tmp_path):
+    """With ``rankings.precondition`` the rankings stage leaves ``(F + lambda I)^-1`` beside the
+    store, and the re-rank's exact scores apply it: recalling every sample gives the preconditioned
+    teacher's top-k, which here differs from the plain cosines' top-k."""
+    import shutil
+
+    from conftest import TINY_CONFIG
+
+    from influcoder_dagster.atomic import read_json, write_json
+    from influcoder_dagster.attribute import Attributor
+    from influcoder_dagster.rankings_stage import PRECONDITIONER_FILE
+    from influcoder_dagster.runner import failure_messages, materialize
+
+    home = tmp_path / "home"
+    shutil.copytree(pipeline_home[0], home)
+    paths = Paths(home)
+    key = read_json(paths.gradients_pointer)["store_key"]
+    write_json(paths.gradients_pointer, {**read_json(paths.gradients_pointer), "root": str(paths.gradients / key)})  # this copy's store
+    config = tmp_path / "preconditioned.toml"
+    assert "[rankings]\n" in TINY_CONFIG
+    config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("[rankings]\n", "[rankings]\nprecondition = true\n"))
+    sql = 'SELECT sample_id FROM scores WHERE query_id = ? AND kind = \'top\' AND "rank" <= 10'
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    users = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()
+    plain = [{s for (s,) in con.execute(sql, [q]).fetchall()} for q, _, _ in users]
+    con.close()
+
+    result = materialize(str(config), home, ["influence_rankings"])
+    assert result.success, failure_messages(result)
+    assert (paths.gradients / key / PRECONDITIONER_FILE).exists()
+    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    preconditioned = [{s for (s,) in con.execute(sql, [q]).fetchall()} for q, _, _ in users]
+    assert preconditioned != plain, "preconditioning changed no top-10 here; the test would not tell the two apart"
+    hits = Attributor(home).query([t for _, t, _ in users], k=10, rerank=n, prompts=[p for _, _, p in users])
+    assert [{h["sample_id"] for h in got} for got in hits] == preconditioned
+
+
 def test_a_rerank_refuses_a_sketch_fitted_on_another_store(pipeline_home):
     import pytest
 
