@@ -57,7 +57,7 @@ def main() -> None:
     from influcoder_dagster.query_encoder import QueryEncoder
     from influcoder_dagster.rankings_db import connect_readonly
     from influcoder_dagster.rankings_stage import read_preconditioner
-    from influcoder_dagster.scoring import full_scores
+    from influcoder_dagster.scoring import apply_preconditioner, full_scores
     from influcoder_dagster.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.teacher_stages import open_store
     from influcoder_dagster.tokenized import read_corpus, read_manifest
@@ -84,7 +84,7 @@ def main() -> None:
     p_plain = compute_gradients(plain, tokenize_for_loss(tokenizer, p_texts, max_length), 16).numpy()
     pool_rows = store.lookup(pool)
     inverse = read_preconditioner(store)  # rankings.precondition: every view's query side as the rankings score it
-    query_side = (lambda g: np.asarray(g, dtype=np.float32) @ inverse) if inverse is not None else (lambda g: g)  # noqa: E731
+    query_side = (lambda g: apply_preconditioner(g, inverse)) if inverse is not None else (lambda g: g)  # noqa: E731
     views = {
         "stored": full_scores(query_side(store.lookup(anchors)), pool_rows),
         "as queried": full_scores(query_side(a_plain), pool_rows),

@@ -98,11 +98,11 @@ class _Teacher:
     """The exact gradient score of a query against chosen store rows (loaded on first rerank)."""
 
     def __init__(self, paths: Paths, max_length: int, sketch: Sketch | None = None) -> None:
+        import torch
+
         from .atomic import read_json
         from .decoder import load_decoder
         from .gradients import GradientExtractor
-        import torch
-
         from .projection import ProjectionSpec
         from .rankings_stage import read_preconditioner
         from .store import GradientStore

@@ -22,19 +22,26 @@ class PairTeacher:
 
     def __init__(self, store: Any, precondition_damping: float | None = None, block_rows: int = 4096,
                  query_rows: dict[int, np.ndarray] | None = None) -> None:
-        from .scoring import fisher
+        from .scoring import fisher, inverse_preconditioner
 
         self.store = store
         self.damping = precondition_damping
-        self.fisher = fisher(store.iter_blocks(block_rows), store.dim) if precondition_damping is not None else None
+        self.inverse = (inverse_preconditioner(fisher(store.iter_blocks(block_rows), store.dim), precondition_damping)
+                        if precondition_damping is not None else None)
         self.query_rows = query_rows
 
     @property
     def any_sample_as_query(self) -> bool:
         return self.query_rows is None
 
+    def query_side(self, rows: np.ndarray) -> np.ndarray:
+        """Query rows as the teacher scores them: preconditioned, when it is."""
+        from .scoring import apply_preconditioner
+
+        return rows if self.inverse is None else apply_preconditioner(rows, self.inverse)
+
     def __call__(self, query_ids: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
-        from .scoring import full_scores, precondition
+        from .scoring import full_scores
 
         if self.query_rows is None:
             queries = self.store.lookup(query_ids)
@@ -43,6 +50,4 @@ class PairTeacher:
             if missing:
                 raise KeyError(f"no query-side gradient for samples {missing[:5]}; re-materialize 'influence_rankings'")
             queries = np.stack([self.query_rows[int(q)] for q in query_ids])
-        if self.fisher is not None:
-            queries = precondition(queries, self.fisher, self.damping)
-        return full_scores(queries, self.store.lookup(sample_ids))
+        return full_scores(self.query_side(queries), self.store.lookup(sample_ids))

@@ -95,15 +95,13 @@ def plain_anchor_gradients(cfg: Config) -> bool:
     return cfg.projection.adam_precondition and cfg.rankings.anchor_gradients == "plain"
 
 
-def write_preconditioner(store: Any, fisher_matrix: np.ndarray, damping: float) -> Path:
+def write_preconditioner(store: Any, inverse: np.ndarray, damping: float) -> Path:
     """``(F + lambda I)^-1`` beside the store, so that a re-rank scores a query as these rankings do
     without a pass over the store; tagged with the store's data version it was estimated on."""
     from safetensors.numpy import save_file
 
     from .atomic import atomic_path
-    from .scoring import precondition
 
-    inverse = precondition(np.eye(store.dim, dtype=np.float32), fisher_matrix, damping)  # symmetric: rows = columns
     with atomic_path(store.root / PRECONDITIONER_FILE) as tmp:
         save_file({"inverse": np.ascontiguousarray(inverse, dtype=np.float32)}, str(tmp),
                   metadata={"dataset_version": str(store.manifest.get("dataset_version")), "damping": str(damping)})
@@ -158,7 +156,8 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
     from .metrics import planted_recall
     from .projection import ProjectionSpec
     from .rankings_db import Update, apply_update, read_state, writer_query
-    from .scoring import Ranked, fisher, full_scores, merge_ranked, pair_scores, precondition, stream_topk
+    from .scoring import (Ranked, apply_preconditioner, fisher, full_scores, inverse_preconditioner, merge_ranked, pair_scores,
+                          precondition, stream_topk)
     from .teacher import ScoreRows, anchor_ids, anchor_query_id, eval_pool, pool_split, random_candidates
     from .tokenized import read_corpus, read_manifest, read_quarantine
 
@@ -229,9 +228,9 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         lambda qs: plain_rows(spec, [wanted[q["query_id"]]["sample_id"] for q in qs]), store.dim) if plain_anchors else {}
     transform = lambda g: g  # noqa: E731
     if r.precondition:
-        f = fisher(store.iter_blocks(r.block_rows), store.dim)
-        transform = lambda g: precondition(g, f, r.damping)  # noqa: E731
-        write_preconditioner(store, f, r.damping)
+        inverse = inverse_preconditioner(fisher(store.iter_blocks(r.block_rows), store.dim), r.damping)
+        transform = lambda g: apply_preconditioner(g, inverse)  # noqa: E731
+        write_preconditioner(store, inverse, r.damping)
     else:
         (store.root / PRECONDITIONER_FILE).unlink(missing_ok=True)
 

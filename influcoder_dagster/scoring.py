@@ -129,14 +129,21 @@ def fisher(blocks: Iterable[tuple[np.ndarray, np.ndarray]], dim: int) -> np.ndar
     return total / n
 
 
-def precondition(queries: np.ndarray, fisher_matrix: np.ndarray, damping: float) -> np.ndarray:
-    """``(F + lambda I)^-1 q`` per query, with ``lambda = damping * trace(F) / d`` (scale-free damping).
-
-    Scoring the result by cosine against the store gives the influence-function score
-    ``q^T (F + lambda I)^-1 g`` normalised by ``|g|`` (and by a per-query constant that does not
-    change a query's ranking).
-    """
+def inverse_preconditioner(fisher_matrix: np.ndarray, damping: float) -> np.ndarray:
+    """``(F + lambda I)^-1`` (float64, symmetric), with ``lambda = damping * trace(F) / d`` (scale-free
+    damping). Computed once per Fisher: every query side is then one product with it."""
     d = fisher_matrix.shape[0]
     lam = damping * float(np.trace(fisher_matrix)) / d
-    solved = np.linalg.solve(fisher_matrix + lam * np.eye(d), np.asarray(queries, dtype=np.float64).T)
-    return solved.T.astype(np.float32)
+    return np.linalg.inv(fisher_matrix + lam * np.eye(d))
+
+
+def apply_preconditioner(queries: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """``(F + lambda I)^-1 q`` per query row. Scoring the result by cosine against the store gives the
+    influence-function score ``q^T (F + lambda I)^-1 g`` normalised by ``|g|`` (and by a per-query
+    constant that does not change a query's ranking)."""
+    return (np.asarray(queries, dtype=np.float64) @ inverse).astype(np.float32)
+
+
+def precondition(queries: np.ndarray, fisher_matrix: np.ndarray, damping: float) -> np.ndarray:
+    """``apply_preconditioner`` for a one-off Fisher."""
+    return apply_preconditioner(queries, inverse_preconditioner(fisher_matrix, damping))

@@ -235,8 +235,6 @@ def _sketch_pass(store: Any, sketch: Any, train_ids: np.ndarray, pair_teacher: A
     """One pass over the store, a block at a time: (sorted ids, their document sketches) for every
     sample, and the training samples' query-side targets (with the teacher's Fisher
     preconditioning, if any), in ``train_ids`` order. Full rows never pile up in memory."""
-    from .scoring import precondition
-
     ids_parts, doc_parts = [], []
     targets = np.zeros((len(train_ids), sketch.dim), dtype=np.float32)
     found = np.zeros(len(train_ids), dtype=bool)
@@ -248,8 +246,7 @@ def _sketch_pass(store: Any, sketch: Any, train_ids: np.ndarray, pair_teacher: A
         pos = np.clip(np.searchsorted(train_ids, ids, sorter=order), 0, max(len(train_ids) - 1, 0))
         hit = train_ids[order[pos]] == ids if len(train_ids) else np.zeros(len(ids), dtype=bool)
         if hit.any():
-            query_rows = rows[hit] if pair_teacher.fisher is None else precondition(rows[hit], pair_teacher.fisher, pair_teacher.damping)
-            targets[order[pos[hit]]] = sketch.targets(query_rows)
+            targets[order[pos[hit]]] = sketch.targets(pair_teacher.query_side(rows[hit]))
             found[order[pos[hit]]] = True
     if not found.all():
         raise KeyError(f"training samples not in the gradient store: {train_ids[~found][:5].tolist()}; "

@@ -3,7 +3,8 @@
 import numpy as np
 
 from influcoder_dagster.scoring import full_scores
-from influcoder_dagster.sketch import Sketch, fine_tune, fit_sketch, unit_rows, with_sketch_head
+from influcoder_dagster.scoring import unit_rows
+from influcoder_dagster.sketch import Sketch, fine_tune, fit_sketch, with_sketch_head
 
 
 def test_a_sketch_spanning_the_rows_keeps_every_teacher_cosine():
@@ -35,7 +36,7 @@ def test_the_ridge_head_is_wired_into_the_encoder_and_fine_tuning_lowers_its_los
     texts = [f"Return item {i} of the {['list', 'tuple', 'mapping', 'queue'][i % 4]} after {i % 5} retries." for i in range(48)]
     base = load_encoder(None, 32)
     w = np.random.default_rng(0).standard_normal((base.get_embedding_dimension(), 6)).astype(np.float32)
-    targets = unit_rows(encode(base, texts) @ w)  # a function of the text the head can learn
+    targets = unit_rows(encode(base, texts) @ w).numpy()  # a function of the text the head can learn
 
     student, fit = with_sketch_head(base, texts, targets)
     served = encode(student, texts, "query")
