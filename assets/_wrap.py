@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from influcoder_dagster.teacher_stages import StageResult
+from influcoder_dagster.stages.result import StageResult
 
 
 def metadata(values: dict[str, Any]) -> dict[str, Any]:

@@ -4,14 +4,14 @@ import warnings
 
 import dagster as dg
 
-from influcoder_dagster import teacher_stages
-from influcoder_dagster.resources import InflucoderConfig
+from influcoder_dagster.orchestration.resources import InflucoderConfig
+from influcoder_dagster.stages.base_model import base_model_version, run_base_model
 
 from ._wrap import run_stage
 
 
 def _observe_base_model(context: dg.AssetExecutionContext) -> dg.DataVersion:
-    return dg.DataVersion(teacher_stages.base_model_version(context.resources.influcoder.load()))
+    return dg.DataVersion(base_model_version(context.resources.influcoder.load()))
 
 
 with warnings.catch_warnings():  # observable_source_asset is marked beta; it is what this asset is
@@ -27,4 +27,4 @@ with warnings.catch_warnings():  # observable_source_asset is marked beta; it is
           description="models/base_model.json: the causal LM to attribute (trained first if 'tiny'); its hash is every "
                       "downstream artifact's provenance.")
 def base_model(influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: teacher_stages.run_base_model(influcoder.load()))[1]
+    return run_stage(lambda: run_base_model(influcoder.load()))[1]

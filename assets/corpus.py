@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from influcoder_dagster import teacher_stages
-from influcoder_dagster.resources import InflucoderConfig
+from influcoder_dagster.orchestration.partitions import corpus_shards
+from influcoder_dagster.orchestration.resources import InflucoderConfig
+from influcoder_dagster.stages.corpus import run_corpus_manifest, run_corpus_shard
 
 from ._wrap import run_stage
-from .partitions import corpus_shards
 
 
 @dg.asset(group_name="teacher", deps=["base_model"], partitions_def=corpus_shards, kinds={"parquet"}, code_version="2",
@@ -14,7 +14,7 @@ from .partitions import corpus_shards
           description="corpus/<shard>.parquet: one file's validated samples (id, text, token ids, source, row); "
                       "bad rows in <shard>.quarantine.parquet with the reason.")
 def tokenized_corpus(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: teacher_stages.run_corpus_shard(influcoder.load(), context.partition_key))[1]
+    return run_stage(lambda: run_corpus_shard(influcoder.load(), context.partition_key))[1]
 
 
 @dg.asset(group_name="teacher", deps=["tokenized_corpus", "projected_gradients"], kinds={"json"}, code_version="2",
@@ -24,4 +24,4 @@ def tokenized_corpus(context: dg.AssetExecutionContext, influcoder: InflucoderCo
                       "reaches the assets below however many partitions there are.")
 def corpus_manifest(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
     names = context.instance.get_dynamic_partitions(corpus_shards.name)
-    return run_stage(lambda: teacher_stages.run_corpus_manifest(influcoder.load(), sorted(names)))[1]
+    return run_stage(lambda: run_corpus_manifest(influcoder.load(), sorted(names)))[1]

@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from influcoder_dagster import embeddings
-from influcoder_dagster.resources import InflucoderConfig
+from influcoder_dagster.orchestration.partitions import corpus_shards
+from influcoder_dagster.orchestration.resources import InflucoderConfig
+from influcoder_dagster.stages.embeddings import run_shard_embeddings
 
 from ._wrap import run_stage
-from .partitions import corpus_shards
 
 
 @dg.asset(group_name="student", deps=["tokenized_corpus", "projected_gradients", "influcoder_encoder"], partitions_def=corpus_shards,
@@ -15,4 +15,4 @@ from .partitions import corpus_shards
                       "gradient rows in the champion's sketch basis, or a rankings-distilled encoder's text embeddings; the untrained "
                       "encoder before any passes its gate); reused while tokens and encoder are unchanged.")
 def shard_embeddings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: embeddings.run_shard_embeddings(influcoder.load(), context.partition_key))[1]
+    return run_stage(lambda: run_shard_embeddings(influcoder.load(), context.partition_key))[1]

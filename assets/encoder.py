@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from influcoder_dagster import student_stages
-from influcoder_dagster.resources import InflucoderConfig
+from influcoder_dagster.orchestration.resources import InflucoderConfig
+from influcoder_dagster.stages.encoder import run_encoder
 
 from ._wrap import run_stage
 
@@ -20,7 +20,7 @@ QUALITY_GATE = dg.AssetCheckSpec(
           description="MiniLM trained to predict a text's gradient sketch (default) or distilled on the teacher's rankings; "
                       "registered in MLflow, promoted to 'champion' if it passes.")
 def influcoder_encoder(influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    result, materialization = run_stage(lambda: student_stages.run_encoder(influcoder.load()))
+    result, materialization = run_stage(lambda: run_encoder(influcoder.load()))
     gate = dg.AssetCheckResult(check_name="quality_gate", passed=bool(result.metadata["promoted"]),
                                metadata={"reason": result.metadata["promotion_reason"]})
     return dg.MaterializeResult(metadata=materialization.metadata, data_version=materialization.data_version,

@@ -4,11 +4,11 @@ import sys
 
 import dagster as dg
 
-from influcoder_dagster import teacher_stages
-from influcoder_dagster.resources import InflucoderConfig
+from influcoder_dagster.orchestration.partitions import corpus_shards
+from influcoder_dagster.orchestration.resources import InflucoderConfig
+from influcoder_dagster.stages.gradients import run_shard_gradients
 
 from ._wrap import run_stage
-from .partitions import corpus_shards
 
 
 @dg.asset(group_name="teacher", deps=["tokenized_corpus", "base_model"], partitions_def=corpus_shards,
@@ -19,10 +19,10 @@ from .partitions import corpus_shards
 def projected_gradients(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
     cfg = influcoder.load()
     if not cfg.projection.out_of_process:
-        return run_stage(lambda: teacher_stages.run_shard_gradients(cfg, context.partition_key, progress=False))[1]
+        return run_stage(lambda: run_shard_gradients(cfg, context.partition_key, progress=False))[1]
     # The same engine call in another process: the pattern for a cluster (swap the client for
     # dagster-k8s' or dagster-ray's Pipes client; the worker stays as it is).
     return dg.PipesSubprocessClient().run(
-        command=[sys.executable, "-m", "assets.gradients_worker"], context=context,
+        command=[sys.executable, "-m", "influcoder_dagster.orchestration.pipes_worker"], context=context,
         extras={"config_path": influcoder.config_path},
     ).get_materialize_result()

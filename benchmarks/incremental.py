@@ -29,8 +29,8 @@ SELECT = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manif
 
 
 def timed_materialize(root: Path, home: str, workers: int = 1) -> tuple[float, dict[str, float]]:
-    from influcoder_dagster.demo_summary import seconds_per_asset
-    from influcoder_dagster.runner import failure_messages, materialization_metadata, materialize
+    from influcoder_dagster.app.demo import seconds_per_asset
+    from influcoder_dagster.app.runner import failure_messages, materialization_metadata, materialize
 
     start = time.perf_counter()
     runs = materialize(str(root / f"{home}.toml"), root / home, SELECT, workers=workers)
@@ -48,9 +48,9 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    from influcoder_dagster import teacher_stages
-    from influcoder_dagster.config import Config
-    from influcoder_dagster.demo_data import docstring_passages
+    from influcoder_dagster.core.config import Config
+    from influcoder_dagster.data.demo import docstring_passages
+    from influcoder_dagster.stages.base_model import run_base_model
 
     passages = docstring_passages(10_000)
     n_new = max(1, int(args.n * args.new_fraction))
@@ -77,7 +77,7 @@ def main() -> None:
         setup("seed", False)
         seed = Config.model_validate({"home": str(root / "seed"), "dataset": {"path": str(root / "seed-data")},
                                       "projection": {"kind": "logra", "target": "weights", "adam_precondition": False}})
-        shutil.copytree(Path(teacher_stages.run_base_model(seed).metadata["path"]), root / "lm")
+        shutil.copytree(Path(run_base_model(seed).metadata["path"]), root / "lm")
 
         setup("inc", False)
         timed_materialize(root, "inc")

@@ -57,7 +57,7 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 
 def more_docstrings(n: int, exclude: set[str], seed: int = 0, min_chars: int = 80, max_chars: int = 500) -> list[str]:
     """Up to ``n`` docstring paragraphs not in ``exclude``, from this environment's .py files in a seeded order."""
-    from influcoder_dagster.demo_data import merge_paragraphs
+    from influcoder_dagster.data.demo import merge_paragraphs
 
     files = sorted({f for key in ("stdlib", "purelib") for f in Path(sysconfig.get_paths()[key]).rglob("*.py")})
     random.Random(seed).shuffle(files)
@@ -91,22 +91,22 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from influcoder_dagster.atomic import read_json
-    from influcoder_dagster.config import IndexConfig
-    from influcoder_dagster.gradients import compute_gradients
-    from influcoder_dagster.lora import adam_state
-    from influcoder_dagster.decoder import load_decoder, tokenize_for_loss
-    from influcoder_dagster.distill import encode
-    from influcoder_dagster.gradients import GradientExtractor
-    from influcoder_dagster.index import build_index, save_index, search
-    from influcoder_dagster.paths import Paths
-    from influcoder_dagster.query_encoder import QueryEncoder
-    from influcoder_dagster.projection import ProjectionSpec
-    from influcoder_dagster.scoring import full_scores, stream_topk
-    from influcoder_dagster.store import GradientStore
-    from influcoder_dagster.rankings_db import connect_readonly
-    from influcoder_dagster.sketch import BASIS_FILE, Sketch
-    from influcoder_dagster.tokenized import read_corpus, read_manifest
+    from influcoder_dagster.core.atomic import read_json
+    from influcoder_dagster.core.config import IndexConfig
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.data.tokenized import read_corpus, read_manifest
+    from influcoder_dagster.data.tokens import tokenize_for_loss
+    from influcoder_dagster.serving.index import build_index, save_index, search
+    from influcoder_dagster.serving.query_encoder import QueryEncoder
+    from influcoder_dagster.student.encoder import encode
+    from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
+    from influcoder_dagster.teacher.decoder import load_decoder
+    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
+    from influcoder_dagster.teacher.lora import adam_state
+    from influcoder_dagster.teacher.projection import ProjectionSpec
+    from influcoder_dagster.teacher.rankings_db import connect_readonly
+    from influcoder_dagster.teacher.scoring import full_scores, stream_topk
+    from influcoder_dagster.teacher.store import GradientStore
 
     paths = Paths(Path(args.home).resolve())
     if not paths.index_encoder.exists():
@@ -179,9 +179,9 @@ def main() -> None:
                 fake = centers[rng.integers(0, 256, extra)] + 0.8 * rng.standard_normal((extra, real_emb.shape[1])).astype(np.float32)
                 fake /= np.linalg.norm(fake, axis=1, keepdims=True)
             emb = np.concatenate([real_emb, fake])
-            exact = build_index(emb, ids, kind="flat")
+            exact = build_index(emb, ids, IndexConfig(kind="flat"))
             defaults = IndexConfig()
-            compressed = build_index(emb, ids, kind="ivf_sq8", nprobe=defaults.nprobe)
+            compressed = build_index(emb, ids, IndexConfig(kind="ivf_sq8", nprobe=defaults.nprobe))
             served = compressed if len(ids) > defaults.flat_max else exact
             sizes = {}
             for name, index in (("flat", exact), ("ivf_sq8", compressed)):

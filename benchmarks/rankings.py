@@ -39,7 +39,7 @@ def peak_rss_mb() -> float:
 
 
 def make_store(root: Path, n: int, d: int, seed: int = 0) -> Path:
-    from influcoder_dagster.store import GradientStore
+    from influcoder_dagster.teacher.store import GradientStore
 
     store = GradientStore.create(root, {"kind": "synthetic", "dim": d, "seed": seed}, f"bench-{n}-{d}")
     rng = np.random.default_rng(seed)
@@ -56,8 +56,8 @@ def make_store(root: Path, n: int, d: int, seed: int = 0) -> Path:
 def _ours(root: str, queries: np.ndarray, k: int, n_rows: int, block_rows: int, out: mp.Queue) -> None:
     import torch  # noqa: F401 - imported before the clock starts, as for the bound
 
-    from influcoder_dagster.scoring import stream_topk
-    from influcoder_dagster.store import GradientStore
+    from influcoder_dagster.teacher.scoring import stream_topk
+    from influcoder_dagster.teacher.store import GradientStore
 
     store = GradientStore.open(Path(root))
     start = time.perf_counter()
@@ -70,7 +70,7 @@ def _ours(root: str, queries: np.ndarray, k: int, n_rows: int, block_rows: int, 
 def _bound(root: str, queries: np.ndarray, k: int, n_rows: int, out: mp.Queue) -> None:
     import torch
 
-    from influcoder_dagster.store import GradientStore
+    from influcoder_dagster.teacher.store import GradientStore
 
     store = GradientStore.open(Path(root))
     g = torch.nn.functional.normalize(torch.from_numpy(np.asarray(store.rows("bench"), dtype=np.float32)), dim=1)

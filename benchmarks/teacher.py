@@ -35,20 +35,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.rankings import peak_rss_mb, run_in_process  # noqa: E402
 
 
-
 def load(home: str | None, model_dir: str | None = None):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from influcoder_dagster.decoder import load_decoder, train_tokenizer
-    from influcoder_dagster.demo_data import docstring_passages
+    from influcoder_dagster.data.demo import docstring_passages
+    from influcoder_dagster.teacher.decoder import load_decoder, train_tokenizer
 
     texts = docstring_passages(400)
     if model_dir:
         return (*load_decoder(model_dir), texts)
     if home:
-        from influcoder_dagster.atomic import read_json
-        from influcoder_dagster.paths import Paths
+        from influcoder_dagster.core.atomic import read_json
+        from influcoder_dagster.core.paths import Paths
 
         return (*load_decoder(read_json(Paths(Path(home)).base_model_pointer)["path"]), texts)
     tok = train_tokenizer(texts, 2048)
@@ -89,9 +88,8 @@ def _method(name: str, home: str | None, model_dir: str | None, n: int, dim: int
     import importlib
 
     from benchmarks import peers
-
-    from influcoder_dagster.decoder import length_sorted_batches, pad_batch, tokenize_for_loss
-    from influcoder_dagster.gradients import GradientExtractor, compute_gradients, projection_for
+    from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch, tokenize_for_loss
+    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for
 
     model, tok, texts = load(home, model_dir)
     enc = tokenize_for_loss(tok, texts[:n], 128)
@@ -108,7 +106,7 @@ def _method(name: str, home: str | None, model_dir: str | None, n: int, dim: int
             model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
         grads = None
     elif name == "per_sample_loop":
-        from influcoder_dagster.projection import Projector
+        from influcoder_dagster.teacher.projection import Projector
 
         _, grads = exact_and_projected(model, Projector(spec), enc, [m.name for m in spec.modules], with_exact=False)
     else:
@@ -134,10 +132,10 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    from influcoder_dagster.decoder import tokenize_for_loss
-    from influcoder_dagster.gradients import projection_for
-    from influcoder_dagster.metrics import per_query_spearman
-    from influcoder_dagster.projection import Projector
+    from influcoder_dagster.data.tokens import tokenize_for_loss
+    from influcoder_dagster.student.metrics import per_query_spearman
+    from influcoder_dagster.teacher.gradients import projection_for
+    from influcoder_dagster.teacher.projection import Projector
 
     model, tok, texts = load(args.home, args.model)
     spec = projection_for(model, "logra", args.dim, seed=0)

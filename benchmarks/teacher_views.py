@@ -47,20 +47,22 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    from influcoder_dagster.atomic import read_json
-    from influcoder_dagster.decoder import load_decoder, tokenize_for_loss
-    from influcoder_dagster.distill import encode, load_encoder
-    from influcoder_dagster.evaluation import bm25_scorer
-    from influcoder_dagster.gradients import GradientExtractor, compute_gradients
-    from influcoder_dagster.paths import Paths
-    from influcoder_dagster.projection import ProjectionSpec
-    from influcoder_dagster.query_encoder import QueryEncoder
-    from influcoder_dagster.rankings_db import connect_readonly
-    from influcoder_dagster.rankings_stage import read_preconditioner
-    from influcoder_dagster.scoring import apply_preconditioner, full_scores
-    from influcoder_dagster.sketch import BASIS_FILE, Sketch
-    from influcoder_dagster.teacher_stages import open_store
-    from influcoder_dagster.tokenized import read_corpus, read_manifest
+    from influcoder_dagster.core.atomic import read_json
+    from influcoder_dagster.core.config import EncoderConfig
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.data.tokenized import read_corpus, read_manifest
+    from influcoder_dagster.data.tokens import tokenize_for_loss
+    from influcoder_dagster.serving.query_encoder import QueryEncoder
+    from influcoder_dagster.student.encoder import encode, load_encoder
+    from influcoder_dagster.student.evaluation import bm25_scorer
+    from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
+    from influcoder_dagster.teacher.decoder import load_decoder
+    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
+    from influcoder_dagster.teacher.preconditioner import read_preconditioner
+    from influcoder_dagster.teacher.projection import ProjectionSpec
+    from influcoder_dagster.teacher.rankings_db import connect_readonly
+    from influcoder_dagster.teacher.scoring import apply_preconditioner, full_scores
+    from influcoder_dagster.teacher.store import open_store
 
     paths = Paths(Path(args.home).resolve())
     store = open_store(paths)
@@ -93,7 +95,7 @@ def main() -> None:
     served = QueryEncoder(paths.index_encoder)
     basis = paths.index_encoder / BASIS_FILE  # a gradient-sketch encoder's documents are their sketched rows
     served_docs = Sketch.load(basis).documents(pool_rows) if basis.exists() else encode(served.model, p_texts, "document")
-    untrained = load_encoder(None)
+    untrained = load_encoder(EncoderConfig(max_seq_length=128, layers=-1))
     methods = {
         "served encoder": served.encode(a_texts) @ served_docs.T,
         "untrained encoder": encode(untrained, a_texts, "query") @ encode(untrained, p_texts, "document").T,

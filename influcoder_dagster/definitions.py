@@ -7,9 +7,16 @@ imports them inside the functions that need them.
 import dagster as dg
 
 from assets import base_model, corpus, embeddings, encoder, gradients, index, rankings
-
-from .automation import dataset_sensor, nightly_reindex, refresh, reindex, retrain, shards, weekly_retrain
-from .resources import InflucoderConfig
+from influcoder_dagster.orchestration.automation import (
+    dataset_sensor,
+    nightly_reindex,
+    refresh,
+    reindex,
+    retrain,
+    shards,
+    weekly_retrain,
+)
+from influcoder_dagster.orchestration.resources import InflucoderConfig
 
 ASSET_MODULES = [base_model, corpus, gradients, rankings, encoder, embeddings, index]
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)

@@ -37,7 +37,7 @@ def tiny_lm():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from influcoder_dagster.decoder import train_tokenizer
+    from influcoder_dagster.teacher.decoder import train_tokenizer
 
     texts = [f"sample number {i} talks about topic {i % 7} and ends here." for i in range(200)]
     tokenizer = train_tokenizer(texts, 300)
@@ -59,7 +59,7 @@ def local_lm(tmp_path_factory, tiny_lm):
 @pytest.fixture(scope="session")
 def pipeline_home(tmp_path_factory):
     """Materialize every asset once, in process, with real DuckDB, MLflow (sqlite) and FAISS files."""
-    from influcoder_dagster.runner import failure_messages, materialize_with_gate
+    from influcoder_dagster.app.runner import failure_messages, materialize_with_gate
 
     home = tmp_path_factory.mktemp("influcoder_home")
     config = home / "influcoder.toml"

@@ -7,7 +7,7 @@ from typing import Any
 
 def tracked_linear_names(model: Any) -> list[str]:
     """Names of the modules whose weights every method differentiates (as ``trackable_modules``)."""
-    from influcoder_dagster.gradients import trackable_modules
+    from influcoder_dagster.teacher.gradients import trackable_modules
 
     return [name for name, _, _ in trackable_modules(model)]
 

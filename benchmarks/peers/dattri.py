@@ -32,7 +32,7 @@ from dattri.func.projection import BasicProjector, ProjectionType
 from dattri.task import AttributionTask
 
 from benchmarks.peers.common import tracked_linear_names
-from influcoder_dagster.decoder import length_sorted_batches, pad_batch
+from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
 def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size: int) -> np.ndarray:

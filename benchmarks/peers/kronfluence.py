@@ -45,7 +45,7 @@ from kronfluence.task import Task
 from kronfluence.utils.constants import ACCUMULATED_PRECONDITIONED_GRADIENT_NAME
 
 from benchmarks.peers.common import conv1d_to_linear, sample_loss, tracked_linear_names
-from influcoder_dagster.decoder import length_sorted_batches, pad_batch
+from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
 def _factor(k: int) -> tuple[int, int]:

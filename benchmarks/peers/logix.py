@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from benchmarks.peers.common import conv1d_to_linear, sample_loss, tracked_linear_names
-from influcoder_dagster.decoder import length_sorted_batches, pad_batch
+from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
 def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size: int) -> np.ndarray:

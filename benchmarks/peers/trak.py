@@ -31,7 +31,7 @@ from trak.modelout_functions import AbstractModelOutput
 from trak.projectors import BasicProjector, ProjectionType
 
 from benchmarks.peers.common import tracked_linear_names
-from influcoder_dagster.decoder import length_sorted_batches, pad_batch
+from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
 class CausalLMLossOutput(AbstractModelOutput):

@@ -1,0 +1,253 @@
+"""Read a dataset (JSONL, Parquet, CSV, or a folder of them), validate it, cut it into shards.
+
+Every row read ends in exactly one place: a kept sample or a quarantine row with its reason,
+so ``rows_read == kept + quarantined`` per shard. A file that cannot be used at all (unknown
+format, no text column) raises :class:`DatasetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from influcoder_dagster.core.config import DatasetConfig
+from influcoder_dagster.core.errors import DatasetError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: int
+    text: str
+    source: str
+    row: int
+    meta: str  # the record's other fields as JSON, e.g. a label or a planted-group tag
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    source: str
+    row: int
+    reason: str
+    excerpt: str
+
+
+@dataclass
+class Shard:
+    """One input file: its samples, its quarantine, and a name keyed by its content."""
+
+    name: str
+    source: str
+    content_hash: str
+    rows_read: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+
+
+def sample_id_for(text: str) -> int:
+    """Stable 63-bit id from the text's SHA-256: a positive int64 for DuckDB and FAISS alike."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def list_dataset_files(path: str | Path) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DatasetError(f"{p}: unsupported format {p.suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{p}: no {'/'.join(SUPPORTED_SUFFIXES)} files in this folder")
+        return files
+    raise DatasetError(f"{p}: dataset path does not exist; set dataset.path in the config")
+
+
+def shard_name(path: Path, content_hash: str, root: Path | None = None) -> str:
+    """The file's path under the dataset root (so equal files in two folders stay two shards) plus its content hash."""
+    return f"{shard_stem(path, root)}-{content_hash[:8]}"
+
+
+def shard_stem(path: Path, root: Path | None = None) -> str:
+    rel = path.relative_to(root) if root and root != path else Path(path.name)
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(rel.with_suffix("")))[-60:].strip("_") or "shard"
+
+
+def _excerpt(value: Any, n: int = 120) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:n]
+
+
+def _iter_jsonl(raw: bytes) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (line number, parsed record or raw text, problem or None)."""
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for i, line in enumerate(lines, start=1):
+        line = line.rstrip(b"\r")
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield i, line.decode("utf-8", "replace"), f"non-UTF-8 bytes at byte {exc.start}"
+            continue
+        if not decoded.strip():
+            yield i, decoded, "blank line"
+            continue
+        try:
+            yield i, json.loads(decoded), None
+        except json.JSONDecodeError as exc:
+            yield i, decoded, f"malformed JSON: {exc.msg} at column {exc.colno}"
+
+
+def _iter_csv(raw: bytes, path: Path, text_field: str, max_chars: int) -> Iterator[tuple[int, Any, str | None]]:
+    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")  # a BOM, as Excel writes
+    csv.field_size_limit(max(csv.field_size_limit(), max_chars + 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: line 1: unreadable CSV header ({exc})") from exc
+    if text_field not in fieldnames:
+        raise DatasetError(f"{path}: line 1: CSV header has no column {text_field!r}; set dataset.text_field")
+    while True:
+        line = reader.line_num + 1  # the physical line where the next record starts; the header is line 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(f"{path}: line {line}: {exc}; fix the CSV or raise dataset.max_chars") from exc
+        bad = next((v for v in record.values() if isinstance(v, str) and re.search("[\udc80-\udcff]", v)), None)
+        if bad is not None:
+            yield line, bad.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "non-UTF-8 bytes"
+        elif None in record:
+            yield line, record, "more fields than the header"
+        else:
+            yield line, record, None
+
+
+def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[int, Any, str | None]]:
+    table = pq.read_table(path)
+    if text_field not in table.column_names:
+        raise DatasetError(
+            f"{path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set dataset.text_field"
+        )
+    for i, record in enumerate(table.to_pylist(), start=1):
+        yield i, record, None
+
+
+def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None) -> Shard:
+    """Validate one file. Duplicates within the file are quarantined here; across files, by :func:`read_dataset`."""
+    text_field, max_chars, min_chars = cfg.text_field, cfg.max_chars, cfg.min_chars
+    raw = path.read_bytes()
+    content_hash = hashlib.sha256(raw).hexdigest()  # = file_hash(path), from the bytes already read
+    shard = Shard(name=shard_name(path, content_hash, root), source=str(path), content_hash=content_hash)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records: Iterable[tuple[int, Any, str | None]] = _iter_jsonl(raw)
+    elif suffix == ".csv":
+        records = _iter_csv(raw, path, text_field, max_chars)
+    elif suffix == ".parquet":
+        records = _iter_parquet(path, text_field)
+    else:
+        raise DatasetError(f"{path}: unsupported format {suffix!r}")
+    seen: dict[int, int] = {}
+    for row, record, problem in records:
+        shard.rows_read += 1
+        reason = problem or _validate(record, text_field, max_chars, min_chars)
+        if reason is None:
+            text = record[text_field]
+            sid = sample_id_for(text)
+            if sid in seen:
+                reason = f"duplicate of line {seen[sid]}"
+            else:
+                seen[sid] = row
+                meta = {k: v for k, v in record.items() if k != text_field}
+                shard.samples.append(Sample(sid, text, str(path), row, json.dumps(meta, default=str, sort_keys=True)))
+                continue
+        shown = record.get(text_field, record) if isinstance(record, dict) else record
+        shard.quarantine.append(QuarantineRow(str(path), row, reason, _excerpt(shown)))
+    return shard
+
+
+def _validate(record: Any, text_field: str, max_chars: int, min_chars: int) -> str | None:
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    if text_field not in record:
+        return f"missing field {text_field!r}"
+    text = record[text_field]
+    if text is None:
+        return f"field {text_field!r} is null"
+    if not isinstance(text, str):
+        return f"field {text_field!r} is {type(text).__name__}, not a string"
+    if len(text.strip()) < min_chars:
+        return f"empty {text_field!r}"
+    if len(text) > max_chars:
+        return f"over-long: {len(text)} chars > dataset.max_chars={max_chars}"
+    return None
+
+
+def read_dataset(path: str | Path, cfg: DatasetConfig | None = None) -> list[Shard]:
+    """Read every file into a shard; a sample already kept in an earlier file is quarantined as a duplicate."""
+    root = Path(path) if Path(path).is_dir() else None
+    shards = [read_shard(p, cfg or DatasetConfig(), root) for p in list_dataset_files(path)]
+    first_seen: dict[int, tuple[str, int]] = {}
+    for shard in shards:
+        kept = []
+        for s in shard.samples:
+            if s.sample_id in first_seen:
+                src, row = first_seen[s.sample_id]
+                shard.quarantine.append(QuarantineRow(s.source, s.row, f"duplicate of {src} line {row}", _excerpt(s.text)))
+            else:
+                first_seen[s.sample_id] = (s.source, s.row)
+                kept.append(s)
+        shard.samples = kept
+        shard.quarantine.sort(key=lambda q: q.row)
+    return shards
+
+
+def dataset_version(shards: Iterable[tuple[str, str]], cfg: DatasetConfig) -> str:
+    """Hash of the shards' (name, content hash) pairs and the options that change which rows are kept."""
+    h = hashlib.sha256(f"{cfg.text_field}|{cfg.max_chars}|{cfg.min_chars}".encode())
+    for name, content_hash in sorted(shards):
+        h.update(f"{name}|{content_hash}".encode())
+    return h.hexdigest()[:16]
+
+
+def shard_files(path: str | Path) -> dict[str, Path]:
+    """Shard name (the partition key) -> file, for every file of the dataset; hashes each file once."""
+    root = Path(path) if Path(path).is_dir() else None
+    return {shard_name(f, file_hash(f), root): f for f in list_dataset_files(path)}
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_shard_file(path: str | Path, name: str) -> Path:
+    """The dataset file behind shard ``name``: only files whose path gives the same stem are hashed."""
+    root = Path(path) if Path(path).is_dir() else None
+    stem = name.rsplit("-", 1)[0]
+    for f in list_dataset_files(path):
+        if shard_stem(f, root) == stem and shard_name(f, file_hash(f), root) == name:
+            return f
+    raise DatasetError(f"{path}: no file has the content of shard {name!r} any more (changed or removed); "
+                       "the dataset sensor replaces its partition, or run `influcoder materialize` to sync")
+
+
+def all_texts(shards: list[Shard]) -> list[str]:
+    return [s.text for shard in shards for s in shard.samples]

@@ -1,0 +1,71 @@
+"""The ``projected_gradients`` stage: one shard's projected per-sample gradients into the store; resumable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from influcoder_dagster.core.config import Config
+from influcoder_dagster.core.errors import MissingUpstreamError
+from influcoder_dagster.core.hashing import short_hash
+from influcoder_dagster.core.paths import Paths
+from influcoder_dagster.data.tokenized import shard_entry
+from influcoder_dagster.data.tokens import Encoded, length_sorted_batches
+from influcoder_dagster.stages.result import StageResult
+from influcoder_dagster.teacher.base_model import base_model_record
+from influcoder_dagster.teacher.decoder import load_decoder
+from influcoder_dagster.teacher.gradients import projection_for
+from influcoder_dagster.teacher.query_gradients import pool_extractor
+from influcoder_dagster.teacher.store import GradientStore, StoreError, requested_projection
+
+
+def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageResult:
+    """Projected per-sample gradients of one shard; resumes an interrupted shard, reuses a finished one."""
+    paths = Paths(cfg.home_path)
+    base = base_model_record(paths)
+    entry = shard_entry(paths.corpus, name)
+    if entry is None or entry["base_model_hash"] != base["model_hash"]:
+        raise MissingUpstreamError(f"shard {name} is not tokenized for the current base model", f"tokenized_corpus[{name}]")
+    p = cfg.projection
+    started = time.perf_counter()
+    try:  # a finished shard is reused without loading the model
+        store = GradientStore.find(paths.gradients, base["model_hash"], requested_projection(cfg))
+    except StoreError:
+        store = None
+    computed = 0
+    if store is None or not store.has_shard(name, entry["fingerprint"]):
+        store, computed = _extract_shard(cfg, paths, base, name, entry["fingerprint"], progress)
+    seconds = time.perf_counter() - started
+    rows = store.finished(name)["rows"]
+    return StageResult({
+        "path": str(store.root / f"{name}.f16"), "store_key": store.root.name, "rows": rows, "rows_computed": computed,
+        "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(store.manifest["projection"]["modules"]),
+        "base_model_hash": base["model_hash"],
+        "content_hash": entry["content_hash"], "bytes": rows * store.dim * 2,
+        "samples_per_s": computed / seconds if computed else None,
+    }, short_hash(store.root.name, entry["fingerprint"]))
+
+
+def _extract_shard(cfg: Config, paths: Paths, base: dict[str, Any], name: str, fingerprint: str, progress: bool
+                   ) -> tuple[GradientStore, int]:
+    """Fill the shard's rows that are not done yet; returns the store and how many rows were computed."""
+    p = cfg.projection
+    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
+    spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
+    store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], requested=requested_projection(cfg))
+    table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
+    writer = store.writer(name, table.column("sample_id").to_numpy(), fingerprint)
+    seqs = table.column("input_ids").to_pylist()
+    missing = writer.missing_rows()
+    extractor = pool_extractor(model, tokenizer, spec, base, cfg)
+    computed = 0
+    for batch in tqdm(list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size)),
+                      desc=f"gradients {name}", disable=not progress):
+        rows = missing[batch]
+        writer.write(rows, extractor.batch([Encoded(seqs[i]) for i in rows]).numpy())
+        computed += len(rows)
+    writer.finish()
+    return store, computed

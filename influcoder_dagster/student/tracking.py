@@ -1,0 +1,154 @@
+"""MLflow, embedded: a sqlite tracking store and a local artifact folder under the storage root.
+
+The encoder is logged with MLflow's sentence-transformers flavour, so
+``mlflow.sentence_transformers.load_model("models:/influcoder-encoder@champion")`` reloads it
+without this package.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from filelock import FileLock
+
+from influcoder_dagster.core.paths import Paths
+from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder_dagster.student.sketch import Sketch
+
+EXPERIMENT = "influcoder-encoder"
+CHAMPION = "champion"
+OBJECTIVE_TAG = "influcoder.objective"  # on every training run: "gradient_sketch" or "rankings"
+
+
+def tracking_uri(home: Path) -> str:
+    return f"sqlite:///{Paths(home).mlflow_db}"
+
+
+def setup(home: Path) -> str:
+    """Point MLflow at the embedded store; returns the experiment id.
+
+    Parallel shard runs may be the first to open the store: a file lock keeps two processes from
+    creating its sqlite schema at once (MLflow's migrations are not safe against that).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(home))
+    mlflow.set_registry_uri(tracking_uri(home))
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Paths(home).mlflow_db) + ".lock"):
+        exp = mlflow.get_experiment_by_name(EXPERIMENT)
+        exp_id = exp.experiment_id if exp else mlflow.create_experiment(EXPERIMENT, artifact_location=Paths(home).mlflow_artifacts.as_uri())
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def pip_requirements() -> list[str]:
+    """Pinned from the running environment, so MLflow does not spend seconds inferring them."""
+    return [f"{p}=={version(p)}" for p in ("sentence-transformers", "transformers", "torch")]
+
+
+def log_encoder(model: SentenceTransformer, registered_name: str) -> tuple[str, str]:
+    """Log the model in the active run and register it; returns (model URI, registered version)."""
+    import mlflow.sentence_transformers
+
+    info = mlflow.sentence_transformers.log_model(
+        model, name="encoder", registered_model_name=registered_name, pip_requirements=pip_requirements()
+    )
+    return info.model_uri, str(info.registered_model_version)
+
+
+def load_registered(home: Path, name: str, version_or_alias: str) -> SentenceTransformer:
+    import mlflow.sentence_transformers
+
+    setup(home)
+    sep = "@" if not version_or_alias.isdigit() else "/"
+    return mlflow.sentence_transformers.load_model(f"models:/{name}{sep}{version_or_alias}")
+
+
+def set_champion(name: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+
+
+def champion_version(name: str) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def log_figures(teacher: np.ndarray, student: np.ndarray, per_anchor_spearman: np.ndarray, epoch_losses: list[dict[str, float]]) -> None:
+    """The plots people read faster than the numbers: score scatter, Spearman histogram, loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(teacher.ravel(), student.ravel(), s=3, alpha=0.3)
+    ax.set(xlabel="teacher score (gradient cosine)", ylabel="student similarity", title="Held-out anchors x held-out pool")
+    mlflow.log_figure(fig, "plots/teacher_vs_student.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.hist(per_anchor_spearman, bins=20)
+    ax.set(xlabel="Spearman vs teacher", ylabel="held-out anchors", title="Per-anchor rank agreement")
+    mlflow.log_figure(fig, "plots/per_anchor_spearman.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for key in epoch_losses[0] if epoch_losses else []:
+        ax.plot([e[key] for e in epoch_losses], marker="o", label=key)
+    ax.set(xlabel="epoch", ylabel="mean loss", title="Distillation loss")
+    if epoch_losses:
+        ax.legend()
+    mlflow.log_figure(fig, "plots/loss_curves.png")
+    plt.close(fig)
+
+
+def flat_metrics(table: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {f"{method}.{k}": v for method, row in table.items() for k, v in row.items() if v == v}
+
+
+def log_sketch(sketch: Sketch) -> None:
+    """The gradient-sketch basis, an artifact of the active run: the index projects store rows with it."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(sketch.save(Path(tmp) / BASIS_FILE)), artifact_path="sketch")
+
+
+def load_sketch(name: str, version: str, folder: Path) -> Sketch | None:
+    """The sketch basis of a registered version, cached in ``folder``; None for a rankings-distilled encoder."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    cached = folder / BASIS_FILE
+    if not cached.exists():
+        client = MlflowClient()
+        run_id = client.get_model_version(name, version).run_id
+        if client.get_run(run_id).data.tags.get(OBJECTIVE_TAG) != "gradient_sketch":
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"sketch/{BASIS_FILE}", dst_path=str(folder))).replace(cached)
+    return Sketch.load(cached)
+
+
+def champion_spearman(name: str, version: str) -> float | None:
+    from mlflow import MlflowClient
+
+    """The held-out Spearman the registered ``version`` was promoted on."""
+    client = MlflowClient()
+    run_id = client.get_model_version(name, version).run_id
+    return client.get_run(run_id).data.metrics.get("student.spearman")

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from influcoder_dagster.student.metrics import (
+    aggregated_spearman,
+    ndcg_at_k,
+    per_query_kendall,
+    per_query_spearman,
+    planted_recall,
+    recall_at_k,
+)
+
+
+def test_rank_correlations_on_hand_computed_cases():
+    t = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    o = np.array([[10.0, 20.0, 30.0, 40.0], [4.0, 3.0, 2.0, 1.0]])
+    assert per_query_spearman(t, o).tolist() == pytest.approx([1.0, -1.0])
+    # one swapped adjacent pair out of 6: Kendall (5 - 1) / 6; Spearman 1 - 6*2/(4*15) = 0.8
+    swapped = np.array([[1.0, 3.0, 2.0, 4.0]])
+    assert per_query_kendall(t[:1], swapped)[0] == pytest.approx(4 / 6)
+    assert per_query_spearman(t[:1], swapped)[0] == pytest.approx(0.8)
+    assert aggregated_spearman(t, o) == pytest.approx(1.0)  # column means of o: 7, 11.5, 16, 20.5
+    assert aggregated_spearman(t, np.array([[4.0, 3.0, 2.0, 1.0]] * 2)) == pytest.approx(-1.0)
+
+
+def test_recall_and_planted_recall():
+    t = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    o = np.array([[5.0, 1.0, 3.0, 2.0, 4.0]])
+    assert recall_at_k(t, o, 2) == pytest.approx(0.5)  # teacher {0,1}, other {0,4}
+    assert planted_recall([[1, 2, 3], [9, 8, 7]], [{1, 3, 5}, {7}], k=3) == pytest.approx((2 / 3 + 1) / 2)
+    assert planted_recall([[1, 2, 3, 4]], [{1, 2, 3, 4, 5, 6}], k=2) == pytest.approx(1.0)  # min(k, |relevant|)
+
+
+def test_ndcg_is_one_for_the_teacher_order_and_lower_when_reversed():
+    t = np.array([[0.9, 0.5, 0.1, -0.3]])
+    assert ndcg_at_k(t, t, 2) == pytest.approx(1.0)
+    # gains by teacher rank: [3, 2, 1, 0]; reversed order puts gains 0, 1 first: (0 + 1/log2(3)) / (3 + 2/log2(3))
+    assert ndcg_at_k(t, -t, 2) == pytest.approx((1 / np.log2(3)) / (3 + 2 / np.log2(3)))

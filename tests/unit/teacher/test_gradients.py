@@ -1,0 +1,79 @@
+"""Batched hook gradients against a per-sample reference computed with ordinary autograd."""
+
+import pytest
+import torch
+
+from influcoder_dagster.data.tokens import Encoded, tokenize_for_loss
+from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for, trackable_modules
+
+TEXTS = ["sample number 3 talks about topic 3.", "a short one", "sample number 12 talks about topic 5 and ends here, twice over."]
+
+
+def reference(model, spec, projector, enc: Encoded) -> torch.Tensor:
+    """Full per-sample weight gradient (one sample, no padding), projected the same way."""
+    from transformers.pytorch_utils import Conv1D
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    ids = torch.tensor([enc.input_ids])
+    labels = ids.clone()
+    labels[0, : max(enc.loss_start, 1)] = -100
+    model(input_ids=ids, labels=labels).loss.backward()
+    modules = dict(model.named_modules())
+    parts = []
+    for m in spec.modules:
+        mod = modules[m.name]
+        g = mod.weight.grad.T if isinstance(mod, Conv1D) else mod.weight.grad
+        parts.append(projector.project_full(m.name, g))
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("kind", ["logra", "countsketch"])
+def test_padded_batch_equals_per_sample_reference(tiny_lm, kind):
+    model, tok = tiny_lm
+    enc = tokenize_for_loss(tok, TEXTS, 64)
+    assert len({len(e.input_ids) for e in enc}) == 3  # mixed lengths: the batch is padded
+    spec = projection_for(model, kind, 512, seed=1)
+    ex = GradientExtractor(model, spec, tok.pad_token_id)
+    batched = ex.batch(enc)
+    ref = torch.stack([reference(model, spec, ex.projector, e) for e in enc])
+    assert ((batched - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
+
+
+def test_prompt_is_excluded_from_the_loss(tiny_lm):
+    model, tok = tiny_lm
+    (enc,) = tokenize_for_loss(tok, [TEXTS[2]], 64, prompts=["sample number 12"])
+    assert enc.loss_start > 1
+    spec = projection_for(model, "logra", 512, seed=0)
+    ex = GradientExtractor(model, spec, tok.pad_token_id)
+    got = ex.batch([enc])[0]
+    assert torch.allclose(got, reference(model, spec, ex.projector, enc), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, ex.batch([Encoded(enc.input_ids)])[0], atol=1e-6)
+
+
+def test_same_spec_rebuilds_the_same_projection_and_order_does_not_matter(tiny_lm):
+    model, tok = tiny_lm
+    enc = tokenize_for_loss(tok, TEXTS, 64)
+    spec = projection_for(model, "logra", 512, seed=3)
+    a = compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), enc, batch_size=2)
+    b = compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), enc[::-1], batch_size=3)
+    assert torch.allclose(a, b.flip(0), atol=1e-6)
+    other = compute_gradients(GradientExtractor(model, projection_for(model, "logra", 512, seed=4), tok.pad_token_id), enc, 3)
+    assert not torch.allclose(a, other)
+
+
+def test_linear_layers_of_a_llama_model_work_too():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, attn_implementation="eager")).eval()
+    names = [n for n, _, _ in trackable_modules(model)]
+    assert "model.layers.0.mlp.gate_proj" in names and "lm_head" not in names
+    spec = projection_for(model, "logra", 256, seed=0)
+    ex = GradientExtractor(model, spec, pad_token_id=0)
+    enc = [Encoded([1, 5, 7, 9, 3]), Encoded([1, 4, 2])]
+    batched = ex.batch(enc)
+    ref = torch.stack([reference(model, spec, ex.projector, e) for e in enc])
+    assert ((batched - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
