@@ -24,44 +24,44 @@ class DatasetConfig(_Section):
     path: str | None = Field(None, description="JSONL/Parquet/CSV file or folder; unset = the demo corpus")
     text_field: str = Field("text", description="JSONL/Parquet field or CSV column that holds each sample's text")
     queries_path: str | None = Field(None, description="JSONL of user queries (text, optional prompt)")
-    max_chars: int = Field(20_000, description="longer documents are quarantined as over-long")
-    min_chars: int = Field(1, description="documents shorter than this (whitespace stripped) are quarantined as empty")
+    max_chars: int = Field(20_000, ge=1, description="longer documents are quarantined as over-long")
+    min_chars: int = Field(1, ge=1, description="documents shorter than this (whitespace stripped) are quarantined as empty")
 
 
 class DemoConfig(_Section):
     corpus: Literal["docstrings", "code"] = Field("docstrings", description="standard-library docstrings, or its functions' source code")
-    n_passages: int = Field(1500, description="passages (docstring paragraphs or functions) in the demo corpus")
-    n_triggers: int = Field(4, description="planted groups: rare trigger phrases with a known continuation, one probe query each (at most 6)")
-    planted_per_trigger: int = Field(8, description="planted samples per trigger: the answers its probe query should be attributed to")
+    n_passages: int = Field(1500, ge=1, description="passages (docstring paragraphs or functions) in the demo corpus")
+    n_triggers: int = Field(4, ge=0, le=6, description="planted groups: rare trigger phrases with a known continuation, one probe query each (at most 6)")
+    planted_per_trigger: int = Field(8, ge=1, description="planted samples per trigger: the answers its probe query should be attributed to")
 
 
 class ModelConfig(_Section):
     base_model: str = Field("tiny", description="'tiny' or a local Hugging Face causal-LM directory")
-    max_length: int = Field(128, description="tokens per sample; longer samples are truncated (recorded)")
+    max_length: int = Field(128, ge=2, description="tokens per sample; longer samples are truncated (recorded)")
     # The tiny decoder, trained on the corpus inside the pipeline.
-    vocab_size: int = Field(2048, description="tiny decoder: byte-level BPE vocabulary size, trained on the corpus")
-    n_layer: int = Field(2, description="tiny decoder: GPT-2 transformer layers")
-    n_embd: int = Field(128, description="tiny decoder: hidden size")
-    n_head: int = Field(4, description="tiny decoder: attention heads")
-    epochs: int = Field(8, description="tiny decoder: training epochs over the corpus")
-    batch_size: int = Field(16, description="tiny decoder: training batch size")
-    lr: float = Field(3e-3, description="tiny decoder: peak AdamW learning rate (one-cycle schedule)")
-    seed: int = Field(0, description="tiny decoder: seed of its initialisation and batch order")
+    vocab_size: int = Field(2048, ge=64, description="tiny decoder: byte-level BPE vocabulary size, trained on the corpus")
+    n_layer: int = Field(2, ge=1, description="tiny decoder: GPT-2 transformer layers")
+    n_embd: int = Field(128, ge=8, description="tiny decoder: hidden size")
+    n_head: int = Field(4, ge=1, description="tiny decoder: attention heads")
+    epochs: int = Field(8, ge=0, description="tiny decoder: training epochs over the corpus")
+    batch_size: int = Field(16, ge=1, description="tiny decoder: training batch size")
+    lr: float = Field(3e-3, gt=0, description="tiny decoder: peak AdamW learning rate (one-cycle schedule)")
+    seed: int = Field(0, ge=0, description="tiny decoder: seed of its initialisation and batch order")
 
 
 class ProjectionConfig(_Section):
     kind: Literal["logra", "countsketch"] = Field(
         "countsketch", description="countsketch: hash every coordinate of each module's per-sample gradient into a signed bucket; "
         "logra: project the gradient's two factors (input and output gradient), never forming it (for large weights)")
-    dim: int = Field(2048, description="target total dimension over all tracked modules")
-    seed: int = Field(0, description="seed of the random projection (and of the LoRA warm-up)")
+    dim: int = Field(2048, ge=1, description="target total dimension over all tracked modules")
+    seed: int = Field(0, ge=0, description="seed of the random projection (and of the LoRA warm-up)")
     normalize_modules: bool = Field(False, description="unit-normalize each module block before concatenation")
-    batch_size: int = Field(16, description="samples per batch when extracting gradients (store rows and queries) and in the LoRA warm-up")
+    batch_size: int = Field(16, ge=1, description="samples per batch when extracting gradients (store rows and queries) and in the LoRA warm-up")
     out_of_process: bool = Field(False, description="extract each shard in its own process through Dagster Pipes")
     target: Literal["weights", "lora"] = Field("lora", description="gradients of every Linear weight, or of LoRA adapters")
-    lora_rank: int = Field(8, description="rank of the LoRA adapters on every Linear/Conv1D but the output head (target = 'lora')")
-    lora_warmup_steps: int = Field(100, description="AdamW steps that train the adapters before any gradient is taken")
-    lora_lr: float = Field(2e-4, description="AdamW learning rate of the LoRA warm-up")
+    lora_rank: int = Field(8, ge=1, description="rank of the LoRA adapters on every Linear/Conv1D but the output head (target = 'lora')")
+    lora_warmup_steps: int = Field(100, ge=0, description="AdamW steps that train the adapters before any gradient is taken")
+    lora_lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA warm-up")
     adam_precondition: bool = Field(True, description="pool gradients as the warm-up's Adam update direction (LESS); "
                                     "needs target = 'lora' and kind = 'countsketch'")
     adam_momentum: bool = Field(False, description="with adam_precondition, keep the warm-up's first moment in pool rows "
@@ -77,64 +77,70 @@ class ProjectionConfig(_Section):
 
 
 class RankingConfig(_Section):
-    anchor_fraction: float = Field(0.5, description="share of pool samples used as anchors (chosen by id hash)")
-    heldout_fraction: float = Field(0.2, description="share of anchors and of pool samples held out of training")
-    top_k: int = Field(32, description="highest-scored samples kept per query (at least k)")
-    n_bottom: int = Field(16, description="most negatively scored samples kept per query")
-    n_random: int = Field(32, description="random candidates scored per anchor (from the train pool for training anchors)")
-    eval_pool_size: int = Field(400, description="held-out pool samples scored in full for held-out anchors")
-    block_rows: int = Field(4096, description="store rows per scoring block (memory ~ block_rows x dim x 10 bytes)")
+    anchor_fraction: float = Field(0.5, ge=0, le=1, description="share of pool samples used as anchors (chosen by id hash)")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of anchors and of pool samples held out of training")
+    top_k: int = Field(32, ge=1, description="highest-scored samples kept per query (at least k)")
+    n_bottom: int = Field(16, ge=0, description="most negatively scored samples kept per query")
+    n_random: int = Field(32, ge=0, description="random candidates scored per anchor (from the train pool for training anchors)")
+    eval_pool_size: int = Field(400, ge=0, description="held-out pool samples scored in full for held-out anchors")
+    block_rows: int = Field(4096, ge=1, description="store rows per scoring block (memory ~ block_rows x dim x 10 bytes)")
     anchor_gradients: Literal["stored", "plain"] = Field(
         "stored", description="an anchor's query side: its stored row (the Adam direction under adam_precondition), "
                               "or its plain gradient, as user queries are scored")
     precondition: bool = Field(False, description="score with the damped inverse projected Fisher (influence functions)")
-    damping: float = Field(0.1, description="lambda = damping * trace(F) / dim")
-    seed: int = Field(0, description="seed of the anchor choice, the held-out evaluation pool and the random candidates")
+    damping: float = Field(0.1, gt=0, description="lambda = damping * trace(F) / dim")
+    seed: int = Field(0, ge=0, description="seed of the anchor choice, the held-out evaluation pool and the random candidates")
 
 
 class EncoderConfig(_Section):
     base: str | None = Field(None, description="local sentence-transformers path; unset = packaged MiniLM")
-    epochs: int = Field(2, description="rankings objective: training epochs over the anchors")
-    anchors_per_step: int = Field(4, description="rankings objective: anchors per optimizer step")
-    n_top: int = Field(8, description="rankings objective: candidates per anchor per step from the teacher's top-k")
-    n_bottom: int = Field(4, description="rankings objective: candidates per anchor per step from the teacher's most negative")
-    n_random: int = Field(8, description="rankings objective: candidates per anchor per step drawn at random from the train pool")
-    lr: float = Field(3e-5, description="rankings objective: AdamW learning rate")
-    train_layers: int = Field(4, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
-    max_seq_length: int = Field(96, description="tokens per text the encoder reads; longer texts are truncated")
-    layers: int = Field(3, description="keep only the first N transformer layers of the starting encoder; -1 = all. "
+    epochs: int = Field(2, ge=0, description="rankings objective: training epochs over the anchors")
+    anchors_per_step: int = Field(4, ge=1, description="rankings objective: anchors per optimizer step")
+    n_top: int = Field(8, ge=0, description="rankings objective: candidates per anchor per step from the teacher's top-k")
+    n_bottom: int = Field(4, ge=0, description="rankings objective: candidates per anchor per step from the teacher's most negative")
+    n_random: int = Field(8, ge=0, description="rankings objective: candidates per anchor per step drawn at random from the train pool")
+    lr: float = Field(3e-5, gt=0, description="rankings objective: AdamW learning rate")
+    train_layers: int = Field(4, ge=-1, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
+    max_seq_length: int = Field(96, ge=2, description="tokens per text the encoder reads; longer texts are truncated")
+    layers: int = Field(3, ge=-1, description="keep only the first N transformer layers of the starting encoder; -1 = all. "
                         "With gradient_sketch, 3 of MiniLM's 6 ranked better and queried ~2x faster")
     asymmetric: bool = Field(False, description="separate query and pool heads on the shared encoder (Router)")
     in_batch: bool = Field(True, description="rankings objective: score every item of a step against every other with the stored gradients")
-    tau_teacher: float = Field(1.0, description="rankings objective: temperature of the teacher scores in the listwise loss")
-    tau_student: float = Field(0.05, description="rankings objective: temperature of the student similarities (listwise and pairwise losses)")
-    w_listwise: float = Field(1.0, description="rankings objective: weight of the listwise KL loss")
-    w_pairwise: float = Field(0.5, description="rankings objective: weight of the teacher-gap-weighted RankNet loss")
-    w_calibration: float = Field(0.1, description="rankings objective: weight of the MSE between z-scored student and teacher scores")
-    seed: int = Field(0, description="seed of the training order and samples (candidates, sketch fit rows, fine-tuning subset)")
+    tau_teacher: float = Field(1.0, gt=0, description="rankings objective: temperature of the teacher scores in the listwise loss")
+    tau_student: float = Field(0.05, gt=0, description="rankings objective: temperature of the student similarities (listwise and pairwise losses)")
+    w_listwise: float = Field(1.0, ge=0, description="rankings objective: weight of the listwise KL loss")
+    w_pairwise: float = Field(0.5, ge=0, description="rankings objective: weight of the teacher-gap-weighted RankNet loss")
+    w_calibration: float = Field(0.1, ge=0, description="rankings objective: weight of the MSE between z-scored student and teacher scores")
+    seed: int = Field(0, ge=0, description="seed of the training order and samples (candidates, sketch fit rows, fine-tuning subset)")
     registered_name: str = Field("influcoder-encoder", description="MLflow registered-model name the encoder is logged and promoted under")
     objective: Literal["gradient_sketch", "rankings"] = Field(
         "gradient_sketch", description="gradient_sketch: index documents are their gradient rows compressed to sketch_dim, "
         "the encoder learns to predict a text's sketch; rankings: a two-tower student distilled on the teacher's rankings")
-    sketch_dim: int = Field(256, description="gradient_sketch: top singular directions of the store kept per document")
-    sketch_epochs: int = Field(4, description="gradient_sketch: fine-tuning epochs after the closed-form ridge head (0 = head only)")
-    sketch_finetune_max: int = Field(10_000, description="gradient_sketch: training samples fine-tuned on (a random subset "
+    sketch_dim: int = Field(256, ge=1, description="gradient_sketch: top singular directions of the store kept per document")
+    sketch_epochs: int = Field(4, ge=0, description="gradient_sketch: fine-tuning epochs after the closed-form ridge head (0 = head only)")
+    sketch_finetune_max: int = Field(10_000, ge=1, description="gradient_sketch: training samples fine-tuned on (a random subset "
                                      "beyond that; the ridge head sees all). About 20 s per 1,000 samples per epoch on 2 cores with 3 layers")
-    sketch_lr: float = Field(5e-5, description="gradient_sketch: fine-tuning learning rate")
+    sketch_lr: float = Field(5e-5, gt=0, description="gradient_sketch: fine-tuning learning rate")
+
+    @model_validator(mode="after")
+    def _no_empty_encoder(self) -> EncoderConfig:
+        if self.layers == 0:
+            raise ValueError("encoder.layers = 0 keeps no layer; use -1 for all, or 1 or more")
+        return self
 
 
 class IndexConfig(_Section):
     kind: Literal["auto", "flat", "ivf_sq8", "hnsw"] = Field(
         "auto", description="flat: exact; ivf_sq8: inverted lists over 8-bit quantized vectors; hnsw: a graph; "
         "auto: flat up to flat_max samples, then ivf_sq8")
-    flat_max: int = Field(20_000, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
+    flat_max: int = Field(20_000, ge=0, description="'auto' uses an exact index up to this many samples, then ivf_sq8")
     nprobe: int = Field(512, ge=1, description="inverted lists searched per encoder query (ivf_sq8). Gradient sketches cluster "
                         "less than text embeddings: on the demo's sketches padded to 100k (1,264 lists, 100 queries), "
                         "256 kept 0.933 of the exact top-10 (0.6 ms a search), 512 kept 0.965 (1.2 ms)")
     rerank_nprobe: int = Field(1024, ge=1, description="inverted lists searched when a re-rank recalls candidates with the "
                                "query's gradient sketch; the backward pass dwarfs the search. Same 100k probe, depth 100: "
                                "512 recovered 0.950 of the gradient path's top-10, 1024 recovered 0.993 (2.6 ms a search)")
-    hnsw_m: int = Field(32, description="hnsw: neighbours per graph node (HNSW's M)")
+    hnsw_m: int = Field(32, ge=2, description="hnsw: neighbours per graph node (HNSW's M)")
     onnx_query_encoder: bool = Field(True, description="export the index's encoder to ONNX; queries run through "
                                      "ONNX Runtime (same embeddings, about 2x faster for one query on CPU)")
 
@@ -142,7 +148,7 @@ class IndexConfig(_Section):
 class Config(_Section):
     home: str = Field("influcoder_home", description="storage root of every artifact; relative to the config file; "
                       "INFLUCODER_HOME overrides it")
-    k: int = Field(10, description="results per query in the demo and the planted-recall@k metrics; "
+    k: int = Field(10, ge=1, description="results per query in the demo and the planted-recall@k metrics; "
                    "rankings keep at least k top samples per query")
     dataset: DatasetConfig = DatasetConfig()
     demo: DemoConfig = DemoConfig()
@@ -160,28 +166,56 @@ class Config(_Section):
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read the TOML config (or defaults), then apply ``INFLUCODER_HOME``."""
+    """Read the TOML config (or defaults), then apply ``INFLUCODER_HOME``. Every error names the file."""
     path = path or os.environ.get("INFLUCODER_CONFIG")
     data: dict = {}
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass --config PATH or unset INFLUCODER_CONFIG")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
-        base = p.resolve().parent
-        for section, key in (("dataset", "path"), ("dataset", "queries_path"), ("model", "base_model")):
-            value = data.get(section, {}).get(key)
-            if value and value != "tiny" and not Path(value).expanduser().is_absolute():
-                data[section][key] = str(base / value)
-        if "home" in data and not Path(data["home"]).expanduser().is_absolute():
-            data["home"] = str(base / data["home"])
+        data = _read_toml(p)
+        _resolve_paths(data, p.resolve().parent, p)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path or 'defaults'}: {exc}") from exc
+        raise ConfigError(f"{path or 'defaults'}: {_describe(exc)}") from exc
     if os.environ.get("INFLUCODER_HOME"):
         config = config.model_copy(update={"home": os.environ["INFLUCODER_HOME"]})
     return config
+
+
+def _describe(exc: ValidationError) -> str:
+    """Pydantic's errors as one line each: ``section.key: what is wrong (got value)``."""
+    lines = []
+    for e in exc.errors():
+        where = ".".join(str(part) for part in e["loc"])
+        got = "" if isinstance(e["input"], dict) else f" (got {e['input']!r})"
+        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(lines)
+
+
+def _read_toml(p: Path) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass --config PATH or unset INFLUCODER_CONFIG")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+
+
+def _resolve_paths(data: dict, base: Path, p: Path) -> None:
+    """Paths in the file are relative to the file; sections and paths must have the right type first."""
+    for section in Config.model_fields.keys() - {"home", "k"}:
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"{p}: '{section}' must be a table ([{section}] with keys under it), not {type(data[section]).__name__}")
+    for section, key in (("dataset", "path"), ("dataset", "queries_path"), ("model", "base_model")):
+        value = data.get(section, {}).get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{p}: {section}.{key} must be a string path, not {type(value).__name__}")
+        if value and value != "tiny" and not Path(value).expanduser().is_absolute():
+            data[section][key] = str(base / value)
+    if "home" in data:
+        if not isinstance(data["home"], str):
+            raise ConfigError(f"{p}: home must be a string path, not {type(data['home']).__name__}")
+        if not Path(data["home"]).expanduser().is_absolute():
+            data["home"] = str(base / data["home"])

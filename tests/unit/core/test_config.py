@@ -42,3 +42,30 @@ def test_the_example_config_documents_exactly_the_defaults(monkeypatch):
     defaults = Config().model_dump()
     example.pop("home"), defaults.pop("home")
     assert example == defaults
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[projection]\ndim = 0\n", "projection.dim: Input should be greater than or equal to 1 (got 0)"),
+    ("[rankings]\ntop_k = -3\n", "rankings.top_k"),
+    ("k = 0\n", "k: Input should be greater than or equal to 1"),
+    ("[model]\nmax_length = 0\n", "model.max_length"),
+    ("[dataset]\nmax_chars = -1\n", "dataset.max_chars"),
+    ("[encoder]\nsketch_dim = 0\n", "encoder.sketch_dim"),
+    ("[encoder]\nlayers = 0\n", "encoder.layers = 0 keeps no layer"),
+    ('dataset = "x"\n', "'dataset' must be a table"),
+    ("home = 5\n", "home must be a string path, not int"),
+    ("[dataset]\npath = 5\n", "dataset.path must be a string path"),
+])
+def test_a_bad_setting_is_refused_naming_the_file_and_the_field(tmp_path, text, says):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ") and says in str(caught.value)
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("home = 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text"):
+        load_config(path)
