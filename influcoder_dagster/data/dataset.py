@@ -8,6 +8,7 @@ format, no text column) raises :class:`DatasetError` naming the file.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -22,7 +23,9 @@ import pyarrow.parquet as pq
 from influcoder_dagster.core.config import DatasetConfig
 from influcoder_dagster.core.errors import DatasetError
 
-SUPPORTED_SUFFIXES = (".jsonl", ".parquet", ".csv")
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".csv", ".tsv")
+CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's own limit, set on every read; over-long texts are quarantined by max_chars
+MAX_JSON_DEPTH_REASON = "JSON nested too deeply to parse"
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,34 @@ def sample_id_for(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
 
 
+def file_kind(path: Path) -> str | None:
+    """The dataset format of ``path`` by its name (``.jsonl.gz`` counts as one suffix), or None if unsupported."""
+    name = path.name.lower()
+    return next((s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+
+
 def list_dataset_files(path: str | Path) -> list[Path]:
     p = Path(path)
     if p.is_file():
-        if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+        if file_kind(p) is None:
             raise DatasetError(f"{p}: unsupported format {p.suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and file_kind(f) is not None)
         if not files:
             raise DatasetError(f"{p}: no {'/'.join(SUPPORTED_SUFFIXES)} files in this folder")
         return files
     raise DatasetError(f"{p}: dataset path does not exist; set dataset.path in the config")
+
+
+def skipped_files(path: str | Path) -> list[dict[str, str]]:
+    """Files in a dataset folder that are not read, each with the reason: reported, never skipped silently."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    return [{"path": str(f), "reason": f"unsupported format {''.join(f.suffixes[-2:]) or 'without a suffix'}; "
+                                      f"use one of {', '.join(SUPPORTED_SUFFIXES)}"}
+            for f in sorted(p.rglob("*")) if f.is_file() and file_kind(f) is None and not f.name.startswith(".")]
 
 
 def shard_name(path: Path, content_hash: str, root: Path | None = None) -> str:
@@ -84,17 +103,15 @@ def shard_stem(path: Path, root: Path | None = None) -> str:
 
 
 def _excerpt(value: Any, n: int = 120) -> str:
+    """The start of a bad value, always storable: invalid Unicode (lone surrogates) becomes U+FFFD."""
     text = value if isinstance(value, str) else repr(value)
-    return text[:n]
+    return text[:n].encode("utf-8", "replace").decode("utf-8", "replace")
 
 
 def _iter_jsonl(raw: bytes) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line number, parsed record or raw text, problem or None)."""
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for i, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")
+    """Yield (line number, parsed record or raw text, problem or None). Lines end at LF, CRLF or a bare CR
+    (JSON strings cannot hold a raw CR or LF, so no record is cut); a UTF-8 byte-order mark is skipped."""
+    for i, line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
         try:
             decoded = line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -107,16 +124,20 @@ def _iter_jsonl(raw: bytes) -> Iterator[tuple[int, Any, str | None]]:
             yield i, json.loads(decoded), None
         except json.JSONDecodeError as exc:
             yield i, decoded, f"malformed JSON: {exc.msg} at column {exc.colno}"
+        except RecursionError:
+            yield i, decoded, MAX_JSON_DEPTH_REASON
 
 
-def _iter_csv(raw: bytes, path: Path, text_field: str, max_chars: int) -> Iterator[tuple[int, Any, str | None]]:
+def _iter_csv(raw: bytes, path: Path, text_field: str, delimiter: str = ",") -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (line, record, problem or None). Strict parsing: a malformed record (an unclosed quote runs to the
+    end of the file) becomes one quarantine row, and the rows after it are still read."""
     text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")  # a BOM, as Excel writes
-    csv.field_size_limit(max(csv.field_size_limit(), max_chars + 1))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         fieldnames = reader.fieldnames or []
     except csv.Error as exc:
-        raise DatasetError(f"{path}: line 1: unreadable CSV header ({exc})") from exc
+        raise DatasetError(f"{path}: line 1: unreadable header ({exc})") from exc
     if text_field not in fieldnames:
         raise DatasetError(f"{path}: line 1: CSV header has no column {text_field!r}; set dataset.text_field")
     while True:
@@ -126,7 +147,11 @@ def _iter_csv(raw: bytes, path: Path, text_field: str, max_chars: int) -> Iterat
         except StopIteration:
             return
         except csv.Error as exc:
-            raise DatasetError(f"{path}: line {line}: {exc}; fix the CSV or raise dataset.max_chars") from exc
+            lines = text.removesuffix("\n").split("\n")  # physical lines as the csv module counts them
+            problem = (f"unclosed quote: the record runs from line {line} to the end of the file (line {len(lines)})"
+                       if "unexpected end of data" in str(exc) else f"malformed CSV: {exc}")
+            yield line, lines[line - 1] if line <= len(lines) else "", problem
+            continue
         bad = next((v for v in record.values() if isinstance(v, str) and re.search("[\udc80-\udcff]", v)), None)
         if bad is not None:
             yield line, bad.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "non-UTF-8 bytes"
@@ -152,15 +177,7 @@ def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None) -> Shar
     raw = path.read_bytes()
     content_hash = hashlib.sha256(raw).hexdigest()  # = file_hash(path), from the bytes already read
     shard = Shard(name=shard_name(path, content_hash, root), source=str(path), content_hash=content_hash)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        records: Iterable[tuple[int, Any, str | None]] = _iter_jsonl(raw)
-    elif suffix == ".csv":
-        records = _iter_csv(raw, path, text_field, max_chars)
-    elif suffix == ".parquet":
-        records = _iter_parquet(path, text_field)
-    else:
-        raise DatasetError(f"{path}: unsupported format {suffix!r}")
+    records = _records(path, raw, text_field)
     seen: dict[int, int] = {}
     for row, record, problem in records:
         shard.rows_read += 1
@@ -180,6 +197,22 @@ def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None) -> Shar
     return shard
 
 
+def _records(path: Path, raw: bytes, text_field: str) -> Iterable[tuple[int, Any, str | None]]:
+    kind = file_kind(path)
+    if kind == ".jsonl":
+        return _iter_jsonl(raw)
+    if kind == ".jsonl.gz":
+        try:
+            return _iter_jsonl(gzip.decompress(raw))
+        except (OSError, EOFError) as exc:
+            raise DatasetError(f"{path}: not a readable gzip file ({exc})") from exc
+    if kind in (".csv", ".tsv"):
+        return _iter_csv(raw, path, text_field, "\t" if kind == ".tsv" else ",")
+    if kind == ".parquet":
+        return _iter_parquet(path, text_field)
+    raise DatasetError(f"{path}: unsupported format {path.suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
 def _validate(record: Any, text_field: str, max_chars: int, min_chars: int) -> str | None:
     if not isinstance(record, dict):
         return f"not a JSON object but {type(record).__name__}"
@@ -194,6 +227,12 @@ def _validate(record: Any, text_field: str, max_chars: int, min_chars: int) -> s
         return f"empty {text_field!r}"
     if len(text) > max_chars:
         return f"over-long: {len(text)} chars > dataset.max_chars={max_chars}"
+    if "\x00" in text:
+        return f"NUL character in {text_field!r} at character {text.index(chr(0))}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800", which JSON escapes allow
+        return f"invalid Unicode in {text_field!r}: a lone surrogate at character {exc.start}"
     return None
 
 

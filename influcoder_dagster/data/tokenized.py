@@ -111,12 +111,14 @@ def shard_entry(root: Path, name: str) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
-def publish_corpus(root: Path, names: list[str], dataset_version: str, model_hash: str, keep: list[str]) -> dict[str, Any]:
+def publish_corpus(root: Path, names: list[str], dataset_version: str, model_hash: str, keep: list[str],
+                   skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """The corpus as of now: the shards ``names`` (each already written), with duplicates across shards
     quarantined (the first shard in name order keeps a sample), and files of shards not in ``keep`` deleted.
 
     Writes ``quarantine.parquet`` (every shard's quarantine plus the cross-shard duplicates) and
-    ``manifest.json``; ``excluded`` lists, per shard, the rows of its Parquet file that are duplicates.
+    ``manifest.json``; ``excluded`` lists, per shard, the rows of its Parquet file that are duplicates, and
+    ``skipped_files`` the dataset's files that were not read, with the reason.
     """
     order = sorted(names)
     written = {name: shard_entry(root, name) for name in order}
@@ -148,7 +150,8 @@ def publish_corpus(root: Path, names: list[str], dataset_version: str, model_has
     quarantine = pa.concat_tables(quarantines) if quarantines else quarantine_table([], "")
     quarantine = quarantine.append_column("dataset_version", pa.array([dataset_version] * quarantine.num_rows, pa.string()))
     _write_parquet(quarantine, root / QUARANTINE_FILE, {"dataset_version": dataset_version, "base_model_hash": model_hash})
-    manifest = {"dataset_version": dataset_version, "base_model_hash": model_hash, "shards": entries}
+    manifest = {"dataset_version": dataset_version, "base_model_hash": model_hash, "shards": entries,
+                "skipped_files": skipped or []}
     write_json(root / "manifest.json", manifest)
     for f in root.iterdir():
         name = f.name.split(".", 1)[0]

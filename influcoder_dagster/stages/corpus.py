@@ -13,7 +13,7 @@ from influcoder_dagster.core.config import Config
 from influcoder_dagster.core.errors import DatasetError, MissingUpstreamError
 from influcoder_dagster.core.hashing import short_hash
 from influcoder_dagster.core.paths import Paths
-from influcoder_dagster.data.dataset import dataset_version, find_shard_file, read_shard
+from influcoder_dagster.data.dataset import dataset_version, find_shard_file, read_shard, skipped_files
 from influcoder_dagster.data.source import current_shards, dataset_files
 from influcoder_dagster.data.tokenized import publish_corpus, shard_entry, write_shard
 from influcoder_dagster.stages.gradients import run_shard_gradients
@@ -66,7 +66,8 @@ def run_corpus_manifest(cfg: Config, names: list[str]) -> StageResult:
     if missing:
         raise MissingUpstreamError(f"{len(missing)} shard(s) have no gradients for their current tokens, e.g. {missing[:3]}",
                                    "projected_gradients")
-    manifest = publish_corpus(paths.corpus, names, version, base["model_hash"], keep=names)
+    skipped = skipped_files(dataset_files(cfg)[0])
+    manifest = publish_corpus(paths.corpus, names, version, base["model_hash"], keep=names, skipped=skipped)
     excluded = {n: e["excluded"] for n, e in manifest["shards"].items() if e["excluded"]}
     dropped = store.publish({n: e["fingerprint"] for n, e in entries.items()}, excluded, keep=names, dataset_version=version)
     write_json(paths.gradients_pointer, {"root": str(store.root), "store_key": store.root.name})
@@ -81,6 +82,9 @@ def run_corpus_manifest(cfg: Config, names: list[str]) -> StageResult:
         "rows_kept": kept, "rows_quarantined": quarantined, "cross_shard_duplicates": sum(len(v) for v in excluded.values()),
         "rows_truncated": sum(s["truncated"] for s in shards), "gradient_rows": n, "shard_files_deleted": len(dropped),
         "dim": store.dim, "bytes": store.nbytes(), "bytes_per_sample": store.nbytes() / max(n, 1),
+        "files_skipped": skipped,
+        "warning": f"{len(skipped)} file(s) in the dataset folder were not read, e.g. {skipped[0]['path']}: {skipped[0]['reason']}"
+                   if skipped else None,
     }, short_hash(version, store.root.name, sorted((n, e["fingerprint"]) for n, e in entries.items())))
 
 
