@@ -2,13 +2,13 @@
 
 import json
 
-import duckdb
 import numpy as np
 
 from influcoder_dagster.core.config import Config
 from influcoder_dagster.stages.base_model import run_base_model
 from influcoder_dagster.stages.corpus import run_all_shards
 from influcoder_dagster.stages.rankings import run_influence_rankings
+from influcoder_dagster.teacher.rankings_db import connect_readonly
 
 FILES = {
     "a.jsonl": [f"sample number {i} talks about topic {i % 7} and ends here." for i in range(60)],
@@ -37,7 +37,7 @@ def build(home, data_dir, names, lm, precondition=False):
 
 
 def lists(home):
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     rows = con.execute("""SELECT query_id, kind, list(sample_id ORDER BY "rank"), list(score ORDER BY "rank")
                           FROM scores WHERE kind IN ('top', 'bottom') GROUP BY ALL""").fetchall()
     samples = {s for (s,) in con.execute("SELECT sample_id FROM samples").fetchall()}

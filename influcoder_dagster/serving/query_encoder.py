@@ -99,6 +99,12 @@ class QueryEncoder:
         self.backend = "onnxruntime" if self.session is not None else "torch"
         self._names = [i.name for i in self.session.get_inputs()] if self.session is not None else []
 
+    def tokens_read(self, texts: list[str]) -> list[tuple[int, int]]:
+        """(tokens in the text, tokens the encoder reads) per text: the encoder truncates at ``max_seq_length``."""
+        tokenizer, limit = self.model.tokenizer, self.model.max_seq_length
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        return [(n, min(n, limit)) for n in lengths]
+
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if self.session is None:
             return encode(self.model, texts, "query", batch_size)

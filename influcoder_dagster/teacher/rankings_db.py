@@ -9,6 +9,7 @@ lock and never see a half-written table.
 from __future__ import annotations
 
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from influcoder_dagster.core.atomic import atomic_path
-from influcoder_dagster.core.errors import MissingUpstreamError
+from influcoder_dagster.core.atomic import atomic_dir, atomic_path
+from influcoder_dagster.core.errors import InflucoderError, MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 
 SCHEMA = """
@@ -155,23 +156,66 @@ def publish_snapshot(home: Path) -> Path:
 
 
 def export_parquet(home: Path) -> Path:
-    """Every table as ``rankings/<table>.parquet`` for other engines."""
+    """Every table as ``rankings/<table>.parquet`` for other engines, published as one set (one folder swap).
+
+    Read from the writer database: the snapshot may be held open by a sandboxed reader in this process.
+    """
     out = Paths(home).rankings_parquet
-    out.mkdir(exist_ok=True)
-    con = duckdb.connect(str(Paths(home).rankings_snapshot), read_only=True)
+    con = duckdb.connect(str(Paths(home).rankings_db), read_only=True)
     try:
-        for name in TABLES:
-            with atomic_path(out / f"{name}.parquet") as tmp:
-                quoted = str(tmp).replace("'", "''")
+        with atomic_dir(out) as tmp:
+            for name in TABLES:
+                quoted = str(tmp / f"{name}.parquet").replace("'", "''")
                 con.execute(f"COPY {name} TO '{quoted}' (FORMAT parquet)")
     finally:
         con.close()
     return out
 
 
-def connect_readonly(home: Path) -> Any:
-    """A read-only connection to the published snapshot; a clear error if there is none."""
+# A reader of the snapshot reads its tables and nothing else: no other file (ATTACH, COPY, read_csv),
+# no extension, and no way to switch that back on from SQL.
+SANDBOX = {"enable_external_access": False, "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+           "lock_configuration": True}
+
+
+def connect_readonly(home: Path, memory_limit: str | None = None) -> Any:
+    """A sandboxed, read-only connection to the published snapshot; a clear error if there is none."""
     snap = Paths(home).rankings_snapshot
     if not snap.exists():
         raise MissingUpstreamError(f"no rankings database at {snap}", "influence_rankings")
-    return duckdb.connect(str(snap), read_only=True)
+    config = {**SANDBOX, **({"memory_limit": memory_limit} if memory_limit else {})}
+    return duckdb.connect(str(snap), read_only=True, config=config)
+
+
+def run_query(home: Path, sql: str, memory_limit: str = "2GB", timeout_s: float = 60.0) -> tuple[list[str], list[tuple]]:
+    """A user's SQL on the sandboxed snapshot: (column names, unique in order; rows). Stopped after ``timeout_s``."""
+    con = connect_readonly(home, memory_limit)
+    try:
+        if not con.extract_statements(sql):
+            raise InflucoderError("the query holds no SQL statement (only blanks or comments); e.g. SELECT * FROM top_k LIMIT 5")
+        timer = threading.Timer(timeout_s, con.interrupt)
+        timer.start()
+        try:
+            cursor = con.execute(sql)
+            rows = cursor.fetchall() if cursor.description else []
+        except duckdb.InterruptException as exc:
+            raise InflucoderError(f"the query ran longer than {timeout_s:g} s and was stopped; narrow it or raise --timeout") from exc
+        finally:
+            timer.cancel()
+        return unique_names([d[0] for d in cursor.description or []]), rows
+    finally:
+        con.close()
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique (``a``, ``a_2``), so a JSON object per row keeps every column."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in taken or (candidate != name and candidate in names):
+            n += 1
+            candidate = f"{name}_{n}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out

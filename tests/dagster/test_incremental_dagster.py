@@ -6,7 +6,6 @@ import json
 import shutil
 
 import dagster as dg
-import duckdb
 import pytest
 from rankings_cases import FILES, assert_same_rankings, lists
 
@@ -18,6 +17,7 @@ from influcoder_dagster.data.tokenized import read_corpus
 from influcoder_dagster.orchestration.automation import dataset_sensor
 from influcoder_dagster.orchestration.resources import InflucoderConfig
 from influcoder_dagster.serving.index import index_ids, load_index
+from influcoder_dagster.teacher.rankings_db import connect_readonly
 
 # Everything but the encoder (its training is tested elsewhere): the index then serves the base encoder.
 NO_ENCODER = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
@@ -136,7 +136,7 @@ def test_a_new_file_costs_only_its_rows_and_a_removed_file_leaves_rankings_and_i
         (tmp_path / "data" / "a.jsonl").unlink()
         third = run(config, tmp_path, instance)
         assert computed(third) == {} and third["corpus_manifest"]["rows_kept"] == len(corpus_ids) - len(a_ids)
-        con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+        con = connect_readonly(home)
         left = con.execute("SELECT count(*) FROM scores WHERE sample_id IN (SELECT unnest(?))", [sorted(a_ids)]).fetchone()[0]
         assert left == 0 and not a_ids & lists(home)[1]
         assert not a_ids & set(index_ids(load_index(Paths(home).index)[0]).tolist())

@@ -10,6 +10,7 @@ from influcoder_dagster.app.cli import main
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.tokenized import read_corpus, read_manifest
 from influcoder_dagster.serving.index import index_ids, load_index
+from influcoder_dagster.teacher.rankings_db import connect_readonly
 from influcoder_dagster.teacher.store import GradientStore
 
 pytestmark = pytest.mark.slow  # every test here trains models or reads a trained pipeline
@@ -28,7 +29,7 @@ def test_row_counts_reconcile_across_assets(pipeline_home):
     assert computed == corpus["rows_kept"] + corpus["cross_shard_duplicates"]
     assert corpus["gradient_rows"] == corpus["rows_kept"]
     assert meta["embedding_index"]["count"] == corpus["rows_kept"]
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == corpus["rows_kept"]
     assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == corpus["rows_quarantined"]
     # every score row traces back to the run (model, projection, data) that produced it
@@ -141,7 +142,7 @@ def test_the_documented_sql_examples_run_on_the_pipeline_database(pipeline_home)
     ]
     assert len(statements) >= 4
     assert {doc for doc, _ in statements} == {"README.md", "docs/schema.md"}
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     for doc, sql in statements:
         rows = con.execute(sql).fetchall()
         assert rows, f"no rows from the {doc} example: {sql}"
@@ -151,7 +152,7 @@ def test_rerank_returns_the_teachers_order_and_scores_among_the_candidates(pipel
     from influcoder_dagster.serving.attribute import Attributor
 
     home, _, _ = pipeline_home
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     qid, text, prompt = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchone()
     teacher = dict(con.execute("SELECT sample_id, score FROM scores WHERE query_id = ? AND kind = 'top'", [qid]).fetchall())
     attributor = Attributor(home)
@@ -172,7 +173,7 @@ def test_a_sketch_index_rerank_returns_the_teachers_full_store_top_k(pipeline_ho
     from influcoder_dagster.serving.attribute import Attributor
 
     home, _, _ = pipeline_home
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
     attributor = Attributor(home)
     assert attributor.sketch is not None and attributor.sketch.dim == n
@@ -190,7 +191,7 @@ def test_a_text_embedding_index_reranks_the_encoders_candidates_exactly(pipeline
     from influcoder_dagster.serving.attribute import Attributor
 
     home, _, _ = pipeline_home
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
     qid, text, prompt = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchone()
     teacher = [s for (s,) in con.execute('SELECT sample_id FROM scores WHERE query_id = ? AND kind = \'top\' ORDER BY "rank"', [qid]).fetchall()]
@@ -223,7 +224,7 @@ def test_a_rerank_scores_as_preconditioned_rankings_do(pipeline_home, tmp_path):
     assert "[rankings]\n" in TINY_CONFIG
     config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("[rankings]\n", "[rankings]\nprecondition = true\n"))
     sql = 'SELECT sample_id FROM scores WHERE query_id = ? AND kind = \'top\' AND "rank" <= 10'
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     users = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()
     plain = [{s for (s,) in con.execute(sql, [q]).fetchall()} for q, _, _ in users]
     con.close()
@@ -231,7 +232,7 @@ def test_a_rerank_scores_as_preconditioned_rankings_do(pipeline_home, tmp_path):
     result = materialize(str(config), home, ["influence_rankings"])
     assert result.success, failure_messages(result)
     assert (paths.gradients / key / PRECONDITIONER_FILE).exists()
-    con = duckdb.connect(str(home / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(home)
     n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
     preconditioned = [{s for (s,) in con.execute(sql, [q]).fetchall()} for q, _, _ in users]
     assert preconditioned != plain, "preconditioning changed no top-10 here; the test would not tell the two apart"

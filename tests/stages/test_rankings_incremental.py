@@ -2,8 +2,9 @@
 
 import shutil
 
-import duckdb
 from rankings_cases import assert_same_rankings, build, lists
+
+from influcoder_dagster.teacher.rankings_db import connect_readonly
 
 
 def test_adding_then_removing_a_file_matches_full_rebuilds(tmp_path, local_lm):
@@ -27,7 +28,7 @@ def test_adding_then_removing_a_file_matches_full_rebuilds(tmp_path, local_lm):
     full_lists, full_samples = lists(tmp_path / "full")
     assert inc_samples == full_samples
     assert_same_rankings(inc_lists, full_lists)
-    con = duckdb.connect(str(tmp_path / "inc" / "rankings.snapshot.duckdb"), read_only=True)
+    con = connect_readonly(tmp_path / "inc")
     assert con.execute("SELECT count(*) FROM scores WHERE sample_id NOT IN (SELECT sample_id FROM samples)").fetchone() == (0,)
     assert con.execute("SELECT count(DISTINCT mode) FROM runs").fetchone() == (2,)
 

@@ -4,8 +4,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from influcoder_dagster.core.errors import MissingUpstreamError
-from influcoder_dagster.teacher.rankings_db import Update, apply_update, connect_readonly
+from influcoder_dagster.core.errors import InflucoderError, MissingUpstreamError
+from influcoder_dagster.teacher.rankings_db import Update, apply_update, connect_readonly, run_query
 
 
 def write_database(home, tables: dict) -> None:
@@ -67,3 +67,35 @@ def test_a_reader_holding_the_snapshot_sees_old_or_new_never_a_failure(tmp_path)
 def test_no_database_gives_a_clear_error(tmp_path):
     with pytest.raises(MissingUpstreamError, match="materialize 'influence_rankings'"):
         connect_readonly(tmp_path)
+
+
+@pytest.mark.parametrize("attack", [
+    "ATTACH '{writer}' AS w (READ_WRITE)",  # then DELETE FROM w.scores: the next incremental run would publish it
+    "COPY (SELECT 1) TO '{writer}'",  # overwrites the writer database
+    "COPY scores TO '{outside}'",  # writes a file anywhere
+    "SELECT * FROM read_csv('/etc/passwd')",  # reads any file
+    "SET enable_external_access = true",  # switches the sandbox off
+    "INSTALL httpfs",
+])
+def test_sql_cannot_reach_any_file_but_the_snapshot(tmp_path, attack):
+    write_database(tmp_path, tables(2, "r1"))
+    writer = tmp_path / "rankings.duckdb"
+    before = writer.read_bytes()
+    with pytest.raises(duckdb.Error):
+        run_query(tmp_path, attack.format(writer=writer, outside=tmp_path / "stolen.csv"))
+    assert writer.read_bytes() == before and not (tmp_path / "stolen.csv").exists()
+    assert run_query(tmp_path, "SELECT count(*) FROM scores")[1] == [(2,)]
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "-- only a comment", "/* a block comment */"])
+def test_a_query_without_a_statement_gets_a_clear_error(tmp_path, sql):
+    write_database(tmp_path, tables(1, "r1"))
+    with pytest.raises(InflucoderError, match="no SQL statement"):
+        run_query(tmp_path, sql)
+
+
+def test_duplicate_column_names_survive_and_a_long_query_is_stopped(tmp_path):
+    write_database(tmp_path, tables(1, "r1"))
+    assert run_query(tmp_path, "SELECT 1 AS a, 2 AS a, 3 AS a_2") == (["a", "a_3", "a_2"], [(1, 2, 3)])
+    with pytest.raises(InflucoderError, match="longer than 0.5 s"):
+        run_query(tmp_path, "SELECT count(*) FROM range(10000000000) t(x), range(100000) u(y)", timeout_s=0.5)
