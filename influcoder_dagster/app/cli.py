@@ -107,7 +107,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     select = [s.strip() for s in args.select.split(",")] if args.select else None
-    result, meta, gate_held = materialize_with_gate(args.config, cfg.home_path, select, args.workers)
+    result, meta, gate_held = materialize_with_gate(args.config, cfg.home_path, select, args.workers, args.wait)
     for name, values in meta.items():
         print(f"materialized {name} in {values.get('wall_seconds', '?')} s")
     if not meta:
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="folder to write")
     m = sub.add_parser("materialize", help="materialize assets in-process with the config")
     m.add_argument("--select", help="comma-separated asset names (default: all)")
+    m.add_argument("--wait", action="store_true", help="if another process is writing this storage root, wait for it instead of stopping")
     m.add_argument("--workers", type=_positive(int), default=1, help="shard partitions materialized at once, each run in its own process")
     return parser
 

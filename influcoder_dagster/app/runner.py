@@ -15,11 +15,13 @@ from influcoder_dagster.app.lineage import stale_resolver
 from influcoder_dagster.core.config import load_config
 from influcoder_dagster.core.errors import ConfigError
 from influcoder_dagster.core.paths import Paths
+from influcoder_dagster.core.writer_lock import writer_lock
 from influcoder_dagster.data.source import current_shards
 from influcoder_dagster.definitions import ASSET_CHECKS, ASSETS, defs
 from influcoder_dagster.orchestration.partitions import corpus_shards
 from influcoder_dagster.orchestration.resources import InflucoderConfig
 from influcoder_dagster.stages.base_model import base_model_version
+from influcoder_dagster.stages.settings import DECIDES, settings_version
 
 if TYPE_CHECKING:
     from influcoder_dagster.core.config import Config
@@ -113,11 +115,13 @@ def sync_partitions(cfg: Config, instance: dg.DagsterInstance) -> tuple[list[str
     return added, deleted
 
 
-def observe_base_model(cfg: Config, instance: dg.DagsterInstance) -> str:
-    """Record the base model's current version as an observation of ``base_model_files`` (as the sensor does)."""
-    version = base_model_version(cfg)
-    instance.report_runless_asset_event(dg.AssetObservation(asset_key="base_model_files", tags={"dagster/data_version": version}))
-    return version
+def observe_sources(cfg: Config, instance: dg.DagsterInstance) -> dict[str, str]:
+    """Record the observable sources' current versions, as the sensor does: the base model's files and the
+    settings that decide each asset. Returns source name -> data version."""
+    versions = {"base_model_files": base_model_version(cfg), **{f"{s}_settings": settings_version(cfg, s) for s in DECIDES}}
+    for key, version in versions.items():
+        instance.report_runless_asset_event(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version}))
+    return versions
 
 
 def _stale_partitions(instance: dg.DagsterInstance, names: list[str]) -> list[str]:
@@ -144,13 +148,20 @@ def _run_partition(instance_ref: Any, config_path: str | None, key: str, selecti
 
 
 def materialize(config_path: str | None, home: Path, select: list[str] | None = None,
-                instance: dg.DagsterInstance | None = None, log_level: str = "WARNING", workers: int = 1) -> Runs:
+                instance: dg.DagsterInstance | None = None, log_level: str = "WARNING", workers: int = 1, wait: bool = False) -> Runs:
     """Materialize the selected assets (default all) the way the UI would, in lineage order.
 
-    Syncs the shard partitions with the dataset, observes the base model, then runs the stages of
-    ``STAGES`` in order: each partitioned one for every shard where it is missing or stale
-    (``workers`` runs at once, each in its own process, when above 1), each other one as one run.
+    Holds the storage root's writer lock (refused at once if another process holds it, unless
+    ``wait``). Syncs the shard partitions with the dataset, observes the base model, then runs the
+    stages of ``STAGES`` in order: each partitioned one for every shard where it is missing or
+    stale (``workers`` runs at once, each in its own process, when above 1), each other one as one run.
     """
+    with writer_lock(home, wait):
+        return _materialize(config_path, home, select, instance, log_level, workers)
+
+
+def _materialize(config_path: str | None, home: Path, select: list[str] | None, instance: dg.DagsterInstance | None,
+                 log_level: str, workers: int) -> Runs:
     known = [k.to_user_string() for a in ASSETS if isinstance(a, dg.AssetsDefinition) for k in a.keys]
     unknown = [s for s in select or [] if s not in known]
     if unknown:
@@ -175,7 +186,7 @@ def materialize(config_path: str | None, home: Path, select: list[str] | None = 
 
     cfg = load_config(config_path)
     sync_partitions(cfg, instance)
-    observe_base_model(cfg, instance)
+    observe_sources(cfg, instance)
     for names, partitioned in STAGES:
         chosen = [n for n in names if select is None or n in select]
         if chosen and not (run_partitions(chosen) if partitioned else run(chosen)):
@@ -213,18 +224,18 @@ def only_gate_failed(result: Runs) -> bool:
     )
 
 
-def materialize_with_gate(config_path: str | None, home: Path, select: list[str] | None = None, workers: int = 1
-                          ) -> tuple[Runs, dict[str, dict[str, Any]], bool]:
+def materialize_with_gate(config_path: str | None, home: Path, select: list[str] | None = None, workers: int = 1,
+                          wait: bool = False) -> tuple[Runs, dict[str, dict[str, Any]], bool]:
     """Materialize; if only the encoder's blocking quality gate failed, still refresh the index.
 
     The index is built from the champion, so a failed gate cannot put the new encoder in it, but the
     corpus may have changed: without this, the index would stay stale until the nightly reindex.
     Returns (last result, metadata of everything materialized, whether the gate held).
     """
-    result = materialize(config_path, home, select, workers=workers)
+    result = materialize(config_path, home, select, workers=workers, wait=wait)
     meta = materialization_metadata(result)
     held = only_gate_failed(result)
     if held and (select is None or "embedding_index" in select):
-        result = materialize(config_path, home, ["shard_embeddings", "embedding_index"], workers=workers)
+        result = materialize(config_path, home, ["shard_embeddings", "embedding_index"], workers=workers, wait=True)
         meta.update(materialization_metadata(result))
     return result, meta, held

@@ -94,6 +94,16 @@ class Paths:
         return self.home / "audits"
 
     @property
+    def writer_lock(self) -> Path:
+        """Held by the one process materializing into this root (``core.writer_lock``)."""
+        return self.home / ".writer.lock"
+
+    @property
+    def writer_holder(self) -> Path:
+        """Who holds the writer lock: pid, host, command, since when."""
+        return self.home / ".writer.json"
+
+    @property
     def demo_summary(self) -> Path:
         return self.home / "demo_summary.json"
 
