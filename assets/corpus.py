@@ -9,7 +9,7 @@ from influcoder_dagster.stages.corpus import run_corpus_manifest, run_corpus_sha
 from ._wrap import run_stage
 
 
-@dg.asset(group_name="teacher", deps=["base_model"], partitions_def=corpus_shards, kinds={"parquet"}, code_version="2",
+@dg.asset(group_name="teacher", deps=["base_model", "dataset_settings"], partitions_def=corpus_shards, kinds={"parquet"}, code_version="2",
           automation_condition=dg.AutomationCondition.eager(),
           description="corpus/<shard>.parquet: one file's validated samples (id, text, token ids, source, row); "
                       "bad rows in <shard>.quarantine.parquet with the reason.")

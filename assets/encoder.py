@@ -15,7 +15,7 @@ QUALITY_GATE = dg.AssetCheckSpec(
 )
 
 
-@dg.asset(group_name="student", deps=["influence_rankings"], kinds={"mlflow", "pytorch"}, code_version="1",
+@dg.asset(group_name="student", deps=["influence_rankings", "encoder_settings"], kinds={"mlflow", "pytorch"}, code_version="1",
           check_specs=[QUALITY_GATE], automation_condition=dg.AutomationCondition.on_cron(RETRAIN_CRON),
           description="MiniLM trained to predict a text's gradient sketch (default) or distilled on the teacher's rankings; "
                       "registered in MLflow, promoted to 'champion' if it passes.")

@@ -11,7 +11,7 @@ from influcoder_dagster.stages.gradients import run_shard_gradients
 from ._wrap import run_stage
 
 
-@dg.asset(group_name="teacher", deps=["tokenized_corpus", "base_model"], partitions_def=corpus_shards,
+@dg.asset(group_name="teacher", deps=["tokenized_corpus", "base_model", "projection_settings"], partitions_def=corpus_shards,
           kinds={"pytorch", "numpy"}, code_version="2", automation_condition=dg.AutomationCondition.eager(),
           description="gradients/<key>/<shard>.f16: row-major fp16 projected gradients of one shard; resumable, "
                       "reused when the shard's tokens are unchanged. Runs in a subprocess through Dagster Pipes "

@@ -9,7 +9,7 @@ from influcoder_dagster.stages.index import run_embedding_index
 from ._wrap import run_stage
 
 
-@dg.asset(group_name="student", deps=["shard_embeddings", "corpus_manifest", "influcoder_encoder"], kinds={"faiss"}, code_version="2",
+@dg.asset(group_name="student", deps=["shard_embeddings", "corpus_manifest", "influcoder_encoder", "index_settings"], kinds={"faiss"}, code_version="2",
           automation_condition=dg.AutomationCondition.eager(),
           description="index/*.faiss + manifest: ids are corpus sample ids; built from the MLflow 'champion' encoder. New samples are added and removed ones dropped in place (cheap, so eager).")
 def embedding_index(influcoder: InflucoderConfig) -> dg.MaterializeResult:

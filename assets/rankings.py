@@ -10,7 +10,7 @@ from ._wrap import run_stage
 DUCKDB_WRITER_POOL = "duckdb_writer"
 
 
-@dg.asset(group_name="teacher", deps=["corpus_manifest", "base_model"], kinds={"duckdb"},
+@dg.asset(group_name="teacher", deps=["corpus_manifest", "base_model", "rankings_settings"], kinds={"duckdb"},
           code_version="2", pool=DUCKDB_WRITER_POOL, automation_condition=dg.AutomationCondition.eager(),
           description="rankings.duckdb (+ snapshot, + Parquet): samples, quarantine, queries, scores, runs, views.")
 def influence_rankings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:

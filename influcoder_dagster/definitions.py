@@ -6,7 +6,7 @@ imports them inside the functions that need them.
 
 import dagster as dg
 
-from assets import base_model, corpus, embeddings, encoder, gradients, index, rankings
+from assets import base_model, corpus, embeddings, encoder, gradients, index, rankings, settings
 from influcoder_dagster.orchestration.automation import (
     dataset_sensor,
     nightly_reindex,
@@ -18,7 +18,7 @@ from influcoder_dagster.orchestration.automation import (
 )
 from influcoder_dagster.orchestration.resources import InflucoderConfig
 
-ASSET_MODULES = [base_model, corpus, gradients, rankings, encoder, embeddings, index]
+ASSET_MODULES = [settings, base_model, corpus, gradients, rankings, encoder, embeddings, index]
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ASSET_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from influcoder_dagster.core.config import Config
 from influcoder_dagster.core.errors import DatasetError
 from influcoder_dagster.data.dataset import file_hash, list_dataset_files, shard_name
 from influcoder_dagster.orchestration.partitions import corpus_shards
 from influcoder_dagster.orchestration.resources import InflucoderConfig
 from influcoder_dagster.stages.base_model import base_model_version
+from influcoder_dagster.stages.settings import DECIDES, settings_version
 
 MAX_FILES_HASHED_PER_TICK = 500  # a tick hashes at most this many new or changed files; the rest wait for the next
 
@@ -100,13 +102,10 @@ def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderCo
     elif "queries" in cursor and queries_stat != cursor["queries"]:
         requests.append(dg.RunRequest(run_key=f"queries-{queries_stat}", asset_selection=[dg.AssetKey("influence_rankings")]))
 
-    events = []
-    model_stat = _model_stat(cfg.model.base_model)
-    if model_stat != cursor.get("model_stat"):
-        version = base_model_version(cfg)
-        events.append(dg.AssetObservation(asset_key="base_model_files", tags={"dagster/data_version": version}))
-        context.log.info(f"base model observed: data version {version}")
-    new_cursor = json.dumps({"files": files, "queries": queries_stat, "model_stat": model_stat}, sort_keys=True)
+    events, model_stat, settings = _source_events(cfg, cursor)
+    for event in events:
+        context.log.info(f"{event.asset_key.to_user_string()} observed: data version {event.tags['dagster/data_version']}")
+    new_cursor = json.dumps({"files": files, "queries": queries_stat, "model_stat": model_stat, "settings": settings}, sort_keys=True)
     if not (added or deleted or requests or events) and new_cursor == context.cursor:
         return dg.SkipReason(f"no change in {len(files)} dataset files")
     context.log.info(f"shards: {len(added)} added, {len(deleted)} deleted, {deferred} files left for the next tick")
@@ -117,3 +116,16 @@ def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderCo
         partition_requests.append(corpus_shards.build_delete_request(deleted))
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests, asset_events=events,
                            cursor=new_cursor)
+
+
+def _source_events(cfg: Config, cursor: dict) -> tuple[list[dg.AssetObservation], list, dict[str, str]]:
+    """Observations of the sources that changed since the cursor: the base model's files (hashed only when
+    their sizes or times moved) and each section's settings."""
+    events = []
+    model_stat = _model_stat(cfg.model.base_model)
+    if model_stat != cursor.get("model_stat"):
+        events.append(dg.AssetObservation(asset_key="base_model_files", tags={"dagster/data_version": base_model_version(cfg)}))
+    settings = {f"{s}_settings": settings_version(cfg, s) for s in DECIDES}
+    events += [dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version})
+               for key, version in settings.items() if cursor.get("settings", {}).get(key) != version]
+    return events, model_stat, settings

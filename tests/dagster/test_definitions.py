@@ -3,8 +3,9 @@ import sys
 
 import dagster as dg
 
+SETTINGS = {"dataset_settings", "projection_settings", "rankings_settings", "encoder_settings", "index_settings"}
 ASSETS = {"base_model_files", "base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings",
-          "influcoder_encoder", "shard_embeddings", "embedding_index"}
+          "influcoder_encoder", "shard_embeddings", "embedding_index"} | SETTINGS
 
 
 def test_importing_the_code_location_loads_no_heavy_library():
@@ -25,13 +26,13 @@ def test_every_asset_is_wired_with_lineage():
     assert keys == ASSETS
     parents = lambda name: {p.to_user_string() for p in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
     assert parents("base_model") == {"base_model_files"}
-    assert parents("tokenized_corpus") == {"base_model"}
-    assert parents("projected_gradients") == {"tokenized_corpus", "base_model"}
+    assert parents("tokenized_corpus") == {"base_model", "dataset_settings"}
+    assert parents("projected_gradients") == {"tokenized_corpus", "base_model", "projection_settings"}
     assert parents("corpus_manifest") == {"tokenized_corpus", "projected_gradients"}
-    assert parents("influence_rankings") == {"corpus_manifest", "base_model"}
-    assert parents("influcoder_encoder") == {"influence_rankings"}
+    assert parents("influence_rankings") == {"corpus_manifest", "base_model", "rankings_settings"}
+    assert parents("influcoder_encoder") == {"influence_rankings", "encoder_settings"}
     assert parents("shard_embeddings") == {"tokenized_corpus", "projected_gradients", "influcoder_encoder"}
-    assert parents("embedding_index") == {"shard_embeddings", "influcoder_encoder", "corpus_manifest"}
+    assert parents("embedding_index") == {"shard_embeddings", "influcoder_encoder", "corpus_manifest", "index_settings"}
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned}
     assert partitioned == {"tokenized_corpus", "projected_gradients", "shard_embeddings"}
     assert defs.resolve_job_def("reindex") is not None and defs.resolve_job_def("shards").partitions_def is not None

@@ -4,13 +4,14 @@ the sensor's partitions, new data costing only new work, removals, the base mode
 import datetime
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from rankings_cases import FILES, assert_same_rankings, lists
 
 from influcoder_dagster.app.lineage import stale_resolver
-from influcoder_dagster.app.runner import failure_messages, materialization_metadata, materialize, observe_base_model
+from influcoder_dagster.app.runner import failure_messages, materialization_metadata, materialize, observe_sources
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.dataset import shard_files
 from influcoder_dagster.data.tokenized import read_corpus
@@ -80,8 +81,14 @@ def test_the_sensor_adds_a_partition_per_new_file_and_deletes_those_of_removed_f
         assert [r.partition_key for r in first.run_requests] == [key_a]
         assert {k.to_user_string() for k in first.run_requests[0].asset_selection} == {
             "tokenized_corpus", "projected_gradients", "shard_embeddings"}
-        assert [e.asset_key.to_user_string() for e in first.asset_events] == ["base_model_files"]
+        assert [e.asset_key.to_user_string() for e in first.asset_events] == [
+            "base_model_files", "dataset_settings", "projection_settings", "rankings_settings", "encoder_settings", "index_settings"]
         assert isinstance(tick(first.cursor), dg.SkipReason)
+        config = tmp_path / "influcoder.toml"
+        config.write_text(config.read_text().replace("top_k = 8", "top_k = 9"))
+        changed = tick(first.cursor)
+        assert [e.asset_key.to_user_string() for e in changed.asset_events] == ["rankings_settings"] and not changed.run_requests
+        config.write_text(config.read_text().replace("top_k = 9", "top_k = 8"))
 
         write_files(tmp_path / "data", ["b.jsonl"])
         added = tick(first.cursor)
@@ -152,6 +159,39 @@ def statuses(instance):
     return out
 
 
+def all_statuses(instance):
+    resolver = stale_resolver(instance)
+    keys = instance.get_dynamic_partitions("corpus_shards")
+    out = {name: resolver.get_status(dg.AssetKey(name)).value
+           for name in ("base_model", "corpus_manifest", "influence_rankings", "influcoder_encoder", "embedding_index")}
+    out.update({name: {resolver.get_status(dg.AssetKey(name), k).value for k in keys}
+                for name in ("tokenized_corpus", "projected_gradients", "shard_embeddings")})
+    return out
+
+
+@pytest.mark.slow
+def test_a_changed_setting_makes_exactly_the_asset_it_decides_unsynced(tmp_path, lm):
+    write_files(tmp_path / "data", ["a.jsonl"])
+    config = Path(write_config(tmp_path, lm))
+    config.write_text(config.read_text() + "sketch_epochs = 0\n")  # under [encoder]: the ridge head alone, fast
+    original = config.read_text()
+    changes = {"tokenized_corpus": ("max_length = 32", "max_length = 30"), "projected_gradients": ("dim = 256", "dim = 128"),
+               "influence_rankings": ("top_k = 8", "top_k = 6"), "influcoder_encoder": ("sketch_epochs = 0", "sketch_epochs = 1"),
+               "embedding_index": ("[encoder]", "[index]\nnprobe = 8\n[encoder]")}
+    with dg.instance_for_test() as instance:
+        run(str(config), tmp_path, instance, [*NO_ENCODER, "influcoder_encoder"])
+        fresh = all_statuses(instance)
+        assert all(v in ("FRESH", {"FRESH"}) for v in fresh.values()), fresh
+        for asset, (old, new) in changes.items():
+            config.write_text(original.replace(old, new))
+            observe_sources(InflucoderConfig(config_path=str(config)).load(), instance)
+            stale = {name for name, status in all_statuses(instance).items() if status not in ("FRESH", {"FRESH"})}
+            assert stale == {asset}, (old, new, stale)
+            config.write_text(original)
+            observe_sources(InflucoderConfig(config_path=str(config)).load(), instance)
+            assert all_statuses(instance) == fresh
+
+
 def test_a_changed_base_model_makes_its_dependents_unsynced_and_rebuilds_all_and_an_unchanged_one_nothing(tmp_path, lm):
     import torch
     from safetensors.torch import load_file, save_file
@@ -163,14 +203,14 @@ def test_a_changed_base_model_makes_its_dependents_unsynced_and_rebuilds_all_and
     with dg.instance_for_test() as instance:
         run(config, tmp_path, instance, TEACHER)
         assert statuses(instance) == fresh
-        observe_base_model(InflucoderConfig(config_path=config).load(), instance)  # same files: nothing stale
+        observe_sources(InflucoderConfig(config_path=config).load(), instance)  # same files: nothing stale
         assert statuses(instance) == fresh
 
         weights = load_file(lm / "model.safetensors")
         name = next(k for k in weights if k.endswith("mlp.c_fc.weight"))
         weights[name] = weights[name] + 0.01 * torch.randn_like(weights[name])
         save_file(weights, lm / "model.safetensors", metadata={"format": "pt"})
-        observe_base_model(InflucoderConfig(config_path=config).load(), instance)
+        observe_sources(InflucoderConfig(config_path=config).load(), instance)
         # Dagster 1.13 marks the direct dependents of a changed input unsynced; each level's new data
         # version then makes the next level unsynced as it rematerializes (eager automation walks it).
         assert statuses(instance) == {**fresh, "base_model": "STALE"}
