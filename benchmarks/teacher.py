@@ -46,10 +46,10 @@ def load(home: str | None, model_dir: str | None = None):
     if model_dir:
         return (*load_decoder(model_dir), texts)
     if home:
-        from influcoder_dagster.core.atomic import read_json
         from influcoder_dagster.core.paths import Paths
+        from influcoder_dagster.teacher.base_model import base_model_record
 
-        return (*load_decoder(read_json(Paths(Path(home)).base_model_pointer)["path"]), texts)
+        return (*load_decoder(base_model_record(Paths(Path(home)))["path"]), texts)
     tok = train_tokenizer(texts, 2048)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=256, n_layer=4, n_head=4,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from influcoder_dagster.core.atomic import dir_size, write_json
+from influcoder_dagster.core.atomic import dir_size
 from influcoder_dagster.core.config import Config
 from influcoder_dagster.core.hashing import short_hash
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.dataset import all_texts, read_dataset
 from influcoder_dagster.data.source import data_tag, dataset_files
 from influcoder_dagster.stages.result import StageResult
+from influcoder_dagster.teacher.base_model import write_base_model_record
 from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash, resolve_base_model, tiny_model_key
 from influcoder_dagster.teacher.lora import LoraRecipe, warm_up
 
@@ -37,7 +38,7 @@ def run_base_model(cfg: Config) -> StageResult:
                               "weights_hash": info.model_hash, "adapter": None}
     if cfg.projection.target == "lora":
         record.update(_warm_adapters(cfg, info, texts, paths))
-    write_json(paths.base_model_pointer, record)
+    write_base_model_record(paths, record)
     return StageResult({**record, "bytes": dir_size(info.path)}, record["model_hash"])
 
 

@@ -70,7 +70,7 @@ def run_corpus_manifest(cfg: Config, names: list[str]) -> StageResult:
     manifest = publish_corpus(paths.corpus, names, version, base["model_hash"], keep=names, skipped=skipped)
     excluded = {n: e["excluded"] for n, e in manifest["shards"].items() if e["excluded"]}
     dropped = store.publish({n: e["fingerprint"] for n, e in entries.items()}, excluded, keep=names, dataset_version=version)
-    write_json(paths.gradients_pointer, {"root": str(store.root), "store_key": store.root.name})
+    write_json(paths.gradients_pointer, {"store_key": store.root.name})  # a folder of gradients/: the root may move
     shards = manifest["shards"].values()
     rows_read, kept, quarantined = (sum(s[k] for s in shards) for k in ("rows_read", "kept", "quarantined"))
     if rows_read != kept + quarantined:  # never publish a corpus whose counts do not reconcile

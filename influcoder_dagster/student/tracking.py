@@ -43,11 +43,39 @@ def setup(home: Path) -> str:
     mlflow.set_tracking_uri(tracking_uri(home))
     mlflow.set_registry_uri(tracking_uri(home))
     home.mkdir(parents=True, exist_ok=True)
+    artifacts = Paths(home).mlflow_artifacts.as_uri()
     with FileLock(str(Paths(home).mlflow_db) + ".lock"):
         exp = mlflow.get_experiment_by_name(EXPERIMENT)
-        exp_id = exp.experiment_id if exp else mlflow.create_experiment(EXPERIMENT, artifact_location=Paths(home).mlflow_artifacts.as_uri())
+        if exp is not None and exp.artifact_location != artifacts:  # the storage root was moved or copied
+            relocate_artifacts(Paths(home).mlflow_db, exp.artifact_location, artifacts)
+        exp_id = exp.experiment_id if exp else mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+# Every column in which MLflow (3.x, sqlite store) writes an absolute artifact URI.
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+                    ("model_versions", "storage_location"), ("model_versions", "source"))
+
+
+def relocate_artifacts(db: Path, old: str, new: str) -> None:
+    """Rewrite the artifact URIs MLflow stored under ``old`` to ``new``, after the storage root moved.
+
+    Hand-written because MLflow has no API for it: it records absolute URIs and cannot follow a
+    moved folder. One transaction over the tracking database, so a failure changes nothing.
+    """
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            for table, column in ARTIFACT_COLUMNS:
+                exists = con.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, column)).fetchone()
+                if exists:
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                                (new, len(old) + 1, len(old), old))
+    finally:
+        con.close()
 
 
 def pip_requirements() -> list[str]:

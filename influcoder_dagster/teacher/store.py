@@ -69,14 +69,16 @@ class ShardWriter:
         self._partial = self.store.root / f"{self.name}.f16.partial"
         self._done_path = self.store.root / f"{self.name}.done.npy"
         ids_path = self.store.root / f"{self.name}.ids.npy"
-        resumable = self._partial.exists() and self._done_path.exists() and ids_path.exists()
-        if resumable and np.array_equal(np.load(ids_path), self.ids):
+        started = self.store.root / f"{self.name}.partial.json"  # the fingerprint (tokens) the partial rows came from
+        resumable = all(f.exists() for f in (self._partial, self._done_path, ids_path, started))
+        if resumable and np.array_equal(np.load(ids_path), self.ids) and read_json(started)["fingerprint"] == self.fingerprint:
             self.done = np.load(self._done_path)
             self._mm = np.memmap(self._partial, dtype=np.float16, mode="r+", shape=(len(self.ids), dim))
-        else:
+        else:  # nothing to resume, or rows of other tokens (same ids): start over
             with atomic_path(ids_path) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, self.ids)
+            write_json(started, {"fingerprint": self.fingerprint})
             self.done = np.zeros(len(self.ids), dtype=bool)
             self._save_done()
             self._mm = np.memmap(self._partial, dtype=np.float16, mode="w+", shape=(max(len(self.ids), 1), dim))
@@ -114,6 +116,7 @@ class ShardWriter:
         os.replace(self._partial, final)
         self._done_path.unlink(missing_ok=True)
         write_json(self.store.root / f"{self.name}.json", {"rows": len(self.ids), "fingerprint": self.fingerprint})
+        (self.store.root / f"{self.name}.partial.json").unlink(missing_ok=True)
         return final
 
 
@@ -277,4 +280,4 @@ def open_store(paths: Paths) -> GradientStore:
     """The store the corpus was last published with (``gradients/current.json``)."""
     if not paths.gradients_pointer.exists():
         raise MissingUpstreamError("no gradient store yet", "projected_gradients", "corpus_manifest")
-    return GradientStore.open(Path(read_json(paths.gradients_pointer)["root"]))
+    return GradientStore.open(paths.gradients / read_json(paths.gradients_pointer)["store_key"])

@@ -1,6 +1,7 @@
 """End to end: every asset materialized in process on a tiny config, with real DuckDB, MLflow and FAISS."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 from influcoder_dagster.app.cli import main
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.tokenized import read_corpus, read_manifest
-from influcoder_dagster.serving.index import index_ids, load_index
+from influcoder_dagster.serving.index import current_encoder_folder, index_ids, load_index
 from influcoder_dagster.teacher.rankings_db import connect_readonly
-from influcoder_dagster.teacher.store import GradientStore
+from influcoder_dagster.teacher.store import GradientStore, open_store
 
 pytestmark = pytest.mark.slow  # every test here trains models or reads a trained pipeline
 
@@ -56,7 +57,7 @@ def test_a_gradient_sketch_index_holds_each_samples_store_row_in_the_sketch_basi
     paths = Paths(home)
     index, manifest = load_index(paths.index)
     assert manifest["documents"] == "gradient_sketch", "the default encoder objective should serve a gradient sketch"
-    sketch = Sketch.load(paths.index_encoder / BASIS_FILE)
+    sketch = Sketch.load(current_encoder_folder(paths.index) / BASIS_FILE)
     store = GradientStore.open(next(p for p in paths.gradients.iterdir() if p.is_dir()))
     assert manifest["sketch"]["store_key"] == store.root.name and index.d == sketch.dim
     ids = np.sort(index_ids(index))[::7]
@@ -102,7 +103,7 @@ def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pip
     again = evaluate(SketchScorer(logged, sketch, docs), data)
     for metric, value in evaluation["student"].items():
         assert abs(again[metric] - value) < 1e-6, metric
-    index_encoder = SentenceTransformer(str(Paths(home).index_encoder), device="cpu")
+    index_encoder = SentenceTransformer(str(current_encoder_folder(Paths(home).index)), device="cpu")
     if meta["embedding_index"]["encoder_version"] == f"v{version}":
         np.testing.assert_allclose(index_encoder.encode(texts, normalize_embeddings=True), a, atol=1e-5)
     # the logged model is the trained one, not the starting point
@@ -211,15 +212,12 @@ def test_a_rerank_scores_as_preconditioned_rankings_do(pipeline_home, tmp_path):
     from conftest import TINY_CONFIG
 
     from influcoder_dagster.app.runner import failure_messages, materialize
-    from influcoder_dagster.core.atomic import read_json, write_json
     from influcoder_dagster.serving.attribute import Attributor
     from influcoder_dagster.teacher.preconditioner import PRECONDITIONER_FILE
 
     home = tmp_path / "home"
     shutil.copytree(pipeline_home[0], home)
     paths = Paths(home)
-    key = read_json(paths.gradients_pointer)["store_key"]
-    write_json(paths.gradients_pointer, {**read_json(paths.gradients_pointer), "root": str(paths.gradients / key)})  # this copy's store
     config = tmp_path / "preconditioned.toml"
     assert "[rankings]\n" in TINY_CONFIG
     config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("[rankings]\n", "[rankings]\nprecondition = true\n"))
@@ -231,7 +229,7 @@ def test_a_rerank_scores_as_preconditioned_rankings_do(pipeline_home, tmp_path):
 
     result = materialize(str(config), home, ["influence_rankings"])
     assert result.success, failure_messages(result)
-    assert (paths.gradients / key / PRECONDITIONER_FILE).exists()
+    assert (open_store(paths).root / PRECONDITIONER_FILE).exists()
     con = connect_readonly(home)
     n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
     preconditioned = [{s for (s,) in con.execute(sql, [q]).fetchall()} for q, _, _ in users]
@@ -260,3 +258,30 @@ def test_cli_audit_on_the_pipeline_output(pipeline_home, tmp_path, capsys):
     assert (tmp_path / "audit" / "report.md").exists() and (tmp_path / "audit" / "scores.png").exists()
     n = duckdb.connect(str(tmp_path / "audit" / "audit.duckdb"), read_only=True).execute("SELECT count(*) FROM hits").fetchone()[0]
     assert n == 5 * len(queries.read_text().splitlines())
+
+
+def test_a_moved_storage_root_answers_from_its_new_place(pipeline_home, tmp_path, capsys, monkeypatch):
+    import shutil
+    import sqlite3
+
+    from influcoder_dagster.core.config import load_config
+    from influcoder_dagster.serving.embeddings import serving_encoder
+    from influcoder_dagster.student.tracking import ARTIFACT_COLUMNS
+
+    home, config, _ = pipeline_home
+    monkeypatch.delenv("INFLUCODER_HOME", raising=False)
+    shutil.copytree(home, tmp_path / "copy", ignore=shutil.ignore_patterns("dagster_home"))
+    moved = (tmp_path / "copy").rename(tmp_path / "moved")
+    moved_config = moved / "influcoder.toml"
+    moved_config.write_text(Path(config).read_text().replace(f'home = "{home}"', f'home = "{moved}"'))
+    for pointer in ("gradients/current.json", "models/base_model.json"):
+        assert str(home) not in (moved / pointer).read_text()
+    assert main(["--config", str(moved_config), "attribute", "When the quartz heron sings at midnight", "-k", "3",
+                 "--rerank", "20", "--json"]) == 0
+    assert [h["rank"] for h in json.loads(capsys.readouterr().out)] == [1, 2, 3]
+    encoder = serving_encoder(load_config(moved_config))  # the champion, loaded through MLflow at the new place
+    assert encoder.model() is not None and encoder.sketch() is not None
+    con = sqlite3.connect(moved / "mlflow.db")
+    for table, column in ARTIFACT_COLUMNS:
+        values = [v for (v,) in con.execute(f"SELECT {column} FROM {table}")]
+        assert values and all(v is None or str(home) not in v for v in values), (table, column)
