@@ -91,30 +91,31 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from influcoder_dagster.core.atomic import read_json
     from influcoder_dagster.core.config import IndexConfig
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.data.tokenized import read_corpus, read_manifest
     from influcoder_dagster.data.tokens import tokenize_for_loss
-    from influcoder_dagster.serving.index import build_index, save_index, search
+    from influcoder_dagster.serving.index import build_index, current_encoder_folder, save_index, search
     from influcoder_dagster.serving.query_encoder import QueryEncoder
     from influcoder_dagster.student.encoder import encode
     from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
+    from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.decoder import load_decoder
     from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
     from influcoder_dagster.teacher.lora import adam_state
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.rankings_db import connect_readonly
     from influcoder_dagster.teacher.scoring import full_scores, stream_topk
-    from influcoder_dagster.teacher.store import GradientStore
+    from influcoder_dagster.teacher.store import GradientStore, open_store
 
     paths = Paths(Path(args.home).resolve())
-    if not paths.index_encoder.exists():
+    if not paths.index_manifest.exists():
         sys.exit(f"{paths.home}: no index; run `influcoder demo` (or materialize every asset) first")
-    real_store = GradientStore.open(Path(read_json(paths.gradients_pointer)["root"]))
-    encoder = SentenceTransformer(str(paths.index_encoder), device="cpu")
-    served_encoder = QueryEncoder(paths.index_encoder)
-    base = read_json(paths.base_model_pointer)
+    index_encoder = current_encoder_folder(paths.index)
+    real_store = open_store(paths)
+    encoder = SentenceTransformer(str(index_encoder), device="cpu")
+    served_encoder = QueryEncoder(index_encoder)
+    base = base_model_record(paths)
     model, tokenizer = load_decoder(base["path"], base.get("adapter"))
     spec = ProjectionSpec.from_json(real_store.manifest["projection"])
     extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)  # a query's plain gradient
@@ -144,7 +145,7 @@ def main() -> None:
         real_rows = np.concatenate([real_rows, compute_gradients(pool, enc, 16, progress=True).numpy()])
         real_ids = np.concatenate([real_ids, real_ids.max() + 1 + np.arange(len(extra))])
         texts = texts + extra
-    basis = paths.index_encoder / BASIS_FILE  # a gradient-sketch encoder: documents are their sketched rows
+    basis = index_encoder / BASIS_FILE  # a gradient-sketch encoder: documents are their sketched rows
     sketch = Sketch.load(basis) if basis.exists() else None
     real_emb = sketch.documents(real_rows) if sketch is not None else encode(encoder, texts, "document")
     # The held-out queries leave the benchmark corpus, as a user's text is not in the training data:
@@ -257,7 +258,7 @@ def main() -> None:
                 "stored_row_recovery_at_10": {str(d): float(np.mean(rec[f"stored{d}"])) for d in args.rerank},
                 "stored_row_queries": len(rec[f"stored{args.rerank[0]}"]),
             })
-    print(f"\n{len(queries)} queries; {len(real_ids):,} real samples; store dim {real_store.dim}; encoder {paths.index_encoder} ({served_encoder.backend});"
+    print(f"\n{len(queries)} queries; {len(real_ids):,} real samples; store dim {real_store.dim}; encoder {index_encoder} ({served_encoder.backend});"
           f" re-rank depth {args.rerank[0]}")
     print("| N | served index | encoder p50 / p95 ms | encoder via torch p50 ms | re-rank p50 ms | gradient p50 ms | gradient / encoder |"
           " index B/sample (flat / ivf_sq8) | store B/sample | store / served index | ivf_sq8 recall@10 |"

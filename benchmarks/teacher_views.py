@@ -47,15 +47,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    from influcoder_dagster.core.atomic import read_json
     from influcoder_dagster.core.config import EncoderConfig
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.data.tokenized import read_corpus, read_manifest
     from influcoder_dagster.data.tokens import tokenize_for_loss
+    from influcoder_dagster.serving.index import current_encoder_folder
     from influcoder_dagster.serving.query_encoder import QueryEncoder
     from influcoder_dagster.student.encoder import encode, load_encoder
     from influcoder_dagster.student.evaluation import bm25_scorer
     from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
+    from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.decoder import load_decoder
     from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
     from influcoder_dagster.teacher.preconditioner import read_preconditioner
@@ -78,7 +79,7 @@ def main() -> None:
     text_of = dict(zip(corpus.column("sample_id").to_pylist(), corpus.column("text").to_pylist(), strict=True))
     a_texts, p_texts = [text_of[int(i)] for i in anchors], [text_of[int(i)] for i in pool]
 
-    base = read_json(paths.base_model_pointer)
+    base = base_model_record(paths)
     model, tokenizer = load_decoder(base["path"], base.get("adapter"))
     plain = GradientExtractor(model, ProjectionSpec.from_json(store.manifest["projection"]), tokenizer.pad_token_id)
     max_length = args.max_length or max(s["max_length"] for s in read_manifest(paths.corpus)["shards"].values())
@@ -92,8 +93,9 @@ def main() -> None:
         "as queried": full_scores(query_side(a_plain), pool_rows),
         "plain-plain": full_scores(query_side(a_plain), p_plain),
     }
-    served = QueryEncoder(paths.index_encoder)
-    basis = paths.index_encoder / BASIS_FILE  # a gradient-sketch encoder's documents are their sketched rows
+    index_encoder = current_encoder_folder(paths.index)
+    served = QueryEncoder(index_encoder)
+    basis = index_encoder / BASIS_FILE  # a gradient-sketch encoder's documents are their sketched rows
     served_docs = Sketch.load(basis).documents(pool_rows) if basis.exists() else encode(served.model, p_texts, "document")
     untrained = load_encoder(EncoderConfig(max_seq_length=128, layers=-1))
     methods = {
@@ -109,7 +111,7 @@ def main() -> None:
         table[name] = {c: mean_spearman(m, views[c]) for c in cols}
     adam = store.manifest.get("requested", {}).get("adam_precondition")
     print(f"\n{len(anchors)} held-out anchors x {len(pool)} held-out pool samples; store {store.root.name}"
-          f" (Adam-preconditioned pool rows: {bool(adam)}); encoder {paths.index_encoder} ({served.backend})")
+          f" (Adam-preconditioned pool rows: {bool(adam)}); encoder {index_encoder} ({served.backend})")
     print("mean per-anchor Spearman against each teacher view\n")
     print("| ranking | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

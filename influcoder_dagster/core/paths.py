@@ -72,12 +72,8 @@ class Paths:
         return self.home / "index"
 
     @property
-    def index_encoder(self) -> Path:
-        """The encoder the index was built with, saved beside it so queries need no MLflow import."""
-        return self.index / "encoder"
-
-    @property
     def index_manifest(self) -> Path:
+        """The index's commit point: names the version folder that holds the index and its encoder."""
         return self.index / "manifest.json"
 
     @property

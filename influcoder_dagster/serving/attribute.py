@@ -24,7 +24,7 @@ from influcoder_dagster.core.config import IndexConfig
 from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.tokenized import read_corpus, read_manifest
-from influcoder_dagster.serving.index import load_index, search
+from influcoder_dagster.serving.index import encoder_folder, load_index, search
 from influcoder_dagster.serving.query_encoder import QueryEncoder
 from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
 from influcoder_dagster.teacher.base_model import base_model_record
@@ -45,9 +45,8 @@ class Attributor:
         if self.manifest["dataset_version"] != corpus_version:
             raise MissingUpstreamError(f"the index was built for dataset {self.manifest['dataset_version']} but the corpus is now "
                                        f"{corpus_version}", "embedding_index")
-        if not self.paths.index_encoder.exists():
-            raise MissingUpstreamError(f"{self.paths.index_encoder} is missing", "embedding_index")
-        self.encoder = QueryEncoder(self.paths.index_encoder)
+        self.encoder_folder = encoder_folder(self.paths.index, self.manifest)
+        self.encoder = QueryEncoder(self.encoder_folder)
         self.sketch = self._sketch()
         corpus = read_corpus(self.paths.corpus, columns=["sample_id", "text", "source", "row"])
         self._row = {int(s): i for i, s in enumerate(corpus.column("sample_id").to_numpy())}
@@ -58,7 +57,7 @@ class Attributor:
         """The index's sketch basis, when its documents are gradient sketches."""
         if self.manifest.get("documents") != "gradient_sketch":
             return None
-        path = self.paths.index_encoder / BASIS_FILE
+        path = self.encoder_folder / BASIS_FILE
         if not path.exists():
             raise MissingUpstreamError(f"{path} is missing (the index holds gradient sketches)", "embedding_index")
         return Sketch.load(path)

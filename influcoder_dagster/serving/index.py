@@ -11,12 +11,15 @@ naming the current file; both are replaced atomically, so a reader loads a consi
 from __future__ import annotations
 
 import re
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from influcoder_dagster.core.atomic import atomic_path, read_json, write_json
+from influcoder_dagster.core.atomic import atomic_dir, read_json, write_json
 from influcoder_dagster.core.config import IndexConfig
 from influcoder_dagster.core.errors import ConfigError, MissingUpstreamError
 
@@ -73,31 +76,63 @@ def index_kind(index: Any) -> str:
     return "ivf_sq8" if isinstance(inner, faiss.IndexIVF) else "flat"
 
 
-def save_index(index: Any, root: Path, manifest: dict[str, Any]) -> Path:
+MANIFEST = "manifest.json"  # the commit point: names the version folder readers use
+INDEX_FILE = "index.faiss"
+ENCODER_DIR = "encoder"  # the query encoder the index was built with, its ONNX export and its sketch basis
+ENCODER_STAMP = "influcoder_encoder.json"  # inside ENCODER_DIR: which encoder version it is
+KEEP_VERSIONS = 2  # the current folder and the one before, which a reader may still be opening
+
+
+def save_index(index: Any, root: Path, manifest: dict[str, Any], write_encoder: Callable[[Path], None] | None = None) -> Path:
+    """Publish ``index`` (and, with ``write_encoder``, its encoder folder) as one new version folder under
+    ``root``, then commit by replacing ``root/manifest.json``: a reader sees the old version or the new
+    one, never an index beside another index's encoder. Returns the new index file."""
     import faiss
 
-    root.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest['encoder_version']}-{manifest['dataset_version']}") + ".faiss"
-    with atomic_path(root / name) as tmp:
-        faiss.write_index(index, str(tmp))
-    write_json(root / "manifest.json", {**manifest, "file": name, "count": int(index.ntotal), "kind": index_kind(index)})
-    for old in root.glob("*.faiss"):
-        if old.name != name:
-            old.unlink()
-    return root / name
+    version = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest['encoder_version']}-{manifest['dataset_version']}-{time.time_ns()}")
+    with atomic_dir(root / version) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        if write_encoder is not None:
+            write_encoder(tmp / ENCODER_DIR)
+            write_json(tmp / ENCODER_DIR / ENCODER_STAMP, {"encoder_version": manifest["encoder_version"]})
+    write_json(root / MANIFEST, {**manifest, "folder": version, "count": int(index.ntotal), "kind": index_kind(index)})
+    _sweep(root, keep=version)
+    return root / version / INDEX_FILE
+
+
+def _sweep(root: Path, keep: str) -> None:
+    """Delete version folders older than the last ``KEEP_VERSIONS`` and leftovers of interrupted writes."""
+    folders = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
+    for old in [d for d in folders if d.name != keep][: max(0, len(folders) - KEEP_VERSIONS)]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in root.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 def load_index(root: Path) -> tuple[Any, dict[str, Any]]:
     import faiss
 
-    manifest_path = root / "manifest.json"
+    manifest_path = root / MANIFEST
     if not manifest_path.exists():
         raise MissingUpstreamError(f"no embedding index at {root}", "embedding_index")
     manifest = read_json(manifest_path)
-    index = faiss.read_index(str(root / manifest["file"]))
+    index = faiss.read_index(str(root / manifest["folder"] / INDEX_FILE))
     if "nprobe" in manifest and index_kind(index) == "ivf_sq8":
         faiss.extract_index_ivf(index.index).nprobe = int(manifest["nprobe"])
     return index, manifest
+
+
+def encoder_folder(root: Path, manifest: dict[str, Any]) -> Path:
+    """The index's own query encoder, checked to be the version the manifest names."""
+    folder = root / manifest["folder"] / ENCODER_DIR
+    stamp = folder / ENCODER_STAMP
+    if not stamp.exists():
+        raise MissingUpstreamError(f"{folder} holds no encoder", "embedding_index")
+    found = read_json(stamp)["encoder_version"]
+    if found != manifest["encoder_version"]:
+        raise MissingUpstreamError(f"{folder} holds encoder {found}, but the index was built with {manifest['encoder_version']}",
+                                   "embedding_index")
+    return folder
 
 
 def index_ids(index: Any) -> np.ndarray:
@@ -127,3 +162,10 @@ def search(index: Any, queries: np.ndarray, k: int, nprobe: int | None = None) -
         return index.search(queries, k, params=params)
     finally:
         faiss.omp_set_num_threads(threads)
+
+
+def current_encoder_folder(root: Path) -> Path:
+    """The encoder folder of the index published under ``root`` now."""
+    if not (root / MANIFEST).exists():
+        raise MissingUpstreamError(f"no embedding index at {root}", "embedding_index")
+    return encoder_folder(root, read_json(root / MANIFEST))

@@ -1,5 +1,6 @@
 """The index stage updates in place: a new file costs only its own embeddings, a removed one leaves."""
 
+import faiss
 import numpy as np
 import pytest
 from rankings_cases import FILES, build
@@ -7,9 +8,9 @@ from rankings_cases import FILES, build
 from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.tokenized import read_corpus
-from influcoder_dagster.serving.index import index_ids, load_index
+from influcoder_dagster.serving.index import current_encoder_folder, index_ids, load_index
 from influcoder_dagster.serving.query_encoder import ONNX_NAME
-from influcoder_dagster.stages.index import run_embedding_index
+from influcoder_dagster.stages.index import index_matches_corpus, run_embedding_index
 
 
 def test_new_and_removed_files_only_touch_their_samples(tmp_path, local_lm):
@@ -38,9 +39,17 @@ def test_new_and_removed_files_only_touch_their_samples(tmp_path, local_lm):
     # The ONNX query encoder follows the setting, with the same encoder and index.
     torch_only = config.model_copy(update={"index": config.index.model_copy(update={"onnx_query_encoder": False})})
     assert run_embedding_index(torch_only, progress=False).metadata["query_backend"] == "torch"
-    assert not (Paths(home).index_encoder / ONNX_NAME).exists()
+    assert not (current_encoder_folder(Paths(home).index) / ONNX_NAME).exists()
     again = run_embedding_index(config, progress=False).metadata
     assert again["mode"] == "update" and again["query_backend"] == "onnxruntime"
+
+    # The index check passes on what the stage published and fails on a tampered index file.
+    assert index_matches_corpus(config)[0]
+    index, manifest = load_index(Paths(home).index)
+    index.remove_ids(index_ids(index)[:1])
+    faiss.write_index(index, str(Paths(home).index / manifest["folder"] / "index.faiss"))
+    passed, metadata = index_matches_corpus(config)
+    assert not passed and metadata["index_count"] == metadata["corpus_count"] - 1
 
 
 @pytest.mark.slow
@@ -74,7 +83,7 @@ def test_a_gradient_sketch_index_sketches_a_new_shards_rows_in_place_and_refuses
     index, _ = load_index(paths.index)
     store = open_store(paths)
     ids = np.sort(index_ids(index))
-    sketch = Sketch.load(paths.index_encoder / BASIS_FILE)
+    sketch = Sketch.load(current_encoder_folder(paths.index) / BASIS_FILE)
     np.testing.assert_allclose(np.stack([index.reconstruct(int(i)) for i in ids]), sketch.documents(store.lookup(ids)), atol=1e-5)
 
     # Another projection makes another store; the champion's sketch does not fit it.

@@ -4,7 +4,7 @@ import pytest
 
 from influcoder_dagster.core.config import IndexConfig
 from influcoder_dagster.core.errors import MissingUpstreamError
-from influcoder_dagster.serving.index import build_index, index_ids, load_index, save_index, search
+from influcoder_dagster.serving.index import build_index, encoder_folder, index_ids, load_index, save_index, search
 
 
 def unit(x):
@@ -75,9 +75,9 @@ def test_the_compressed_index_is_smaller_keeps_recall_and_supports_removal(tmp_p
     truth, got = search(exact, q, 10)[1], search(ivf, q, 10)[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
     assert recall >= 0.95, recall
-    save_index(ivf, tmp_path / "i", {"encoder_version": "v1", "dataset_version": "d", "nprobe": 16})
-    save_index(exact, tmp_path / "e", {"encoder_version": "v1", "dataset_version": "d"})
-    assert (tmp_path / "i" / "v1-d.faiss").stat().st_size < 0.5 * (tmp_path / "e" / "v1-d.faiss").stat().st_size
+    small = save_index(ivf, tmp_path / "i", {"encoder_version": "v1", "dataset_version": "d", "nprobe": 16})
+    large = save_index(exact, tmp_path / "e", {"encoder_version": "v1", "dataset_version": "d"})
+    assert small.stat().st_size < 0.5 * large.stat().st_size
     reloaded, manifest = load_index(tmp_path / "i")
     assert manifest["kind"] == "ivf_sq8"
     np.testing.assert_array_equal(search(reloaded, q, 10)[1], got)
@@ -93,3 +93,21 @@ def test_the_compressed_index_is_smaller_keeps_recall_and_supports_removal(tmp_p
     np.testing.assert_array_equal(search(exact, few, 10, nprobe=1)[1], far_truth[:4])  # an exact index has no lists to probe
     reloaded.remove_ids(ids[:100])
     assert reloaded.ntotal == 5900 and not set(ids[:100]) & set(index_ids(reloaded).tolist())
+
+
+def test_the_index_and_its_encoder_are_published_as_one_version_and_checked_on_read(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((30, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = build_index(emb, np.arange(30, dtype=np.int64), IndexConfig(kind="flat"))
+    root = tmp_path / "index"
+    for version in ("v1", "v2", "v3"):
+        save_index(index, root, {"encoder_version": version, "dataset_version": "d"},
+                   lambda folder, v=version: (folder.mkdir(), (folder / "weights.txt").write_text(v)))
+    _, manifest = load_index(root)
+    folder = encoder_folder(root, manifest)
+    assert manifest["encoder_version"] == "v3" and (folder / "weights.txt").read_text() == "v3"
+    assert len([d for d in root.iterdir() if d.is_dir()]) == 2  # the current version and the one before
+    (folder / "influcoder_encoder.json").write_text('{"encoder_version": "v2"}')  # an encoder swapped under the index
+    with pytest.raises(MissingUpstreamError, match="holds encoder v2, but the index was built with v3"):
+        encoder_folder(root, manifest)
