@@ -43,13 +43,16 @@ def test_an_interrupted_shard_resumes_without_recomputing_done_rows(tmp_path):
     store.publish({"s": ""}, {}, keep=["s"])
     rows = GradientStore.open(store.root).rows("s")
     assert rows[:3].tolist() == np.ones((3, 8)).tolist() and rows[3:].tolist() == np.full((7, 8), 2.0).tolist()
-    assert not list(store.root.glob("*.partial")) and not list(store.root.glob("*.done.npy"))
+    assert not list(store.root.glob("*.partial*")) and not list(store.root.glob("*.done.npy"))
 
 
-def test_different_ids_restart_the_shard_and_other_models_get_their_own_store(tmp_path):
+def test_other_ids_or_tokens_restart_the_shard_and_other_models_get_their_own_store(tmp_path):
     store = GradientStore.create(tmp_path, PROJ, "m")
     store.writer("s", np.array([1, 2]), checkpoint_seconds=0).write(np.array([0]), np.ones((1, 8)))
     assert store.writer("s", np.array([1, 3])).missing_rows().tolist() == [0, 1]
+    store.writer("t", np.array([1, 2]), "tokens-a", checkpoint_seconds=0).write(np.array([0]), np.ones((1, 8)))
+    assert store.writer("t", np.array([1, 2]), "tokens-a").missing_rows().tolist() == [1]  # same tokens: resumed
+    assert store.writer("t", np.array([1, 2]), "tokens-b").missing_rows().tolist() == [0, 1]  # same ids, other tokens
     assert GradientStore.create(tmp_path, PROJ, "other-model").root != store.root
     assert GradientStore.create(tmp_path, {**PROJ, "seed": 1}, "m").root != store.root
 
