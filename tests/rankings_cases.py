@@ -17,7 +17,11 @@ FILES = {
 }
 
 
-def build(home, data_dir, names, lm, precondition=False):
+WEIGHTS_TEACHER = {"dim": 256, "kind": "logra", "target": "weights", "adam_precondition": False}  # corpus-independent
+DEFAULT_TEACHER = {"dim": 256, "lora_warmup_steps": 10}  # LoRA + Adam, as shipped; the warm-up kept short
+
+
+def build(home, data_dir, names, lm, precondition=False, projection=WEIGHTS_TEACHER):
     data_dir.mkdir(parents=True, exist_ok=True)
     for f in data_dir.iterdir():
         f.unlink()
@@ -27,7 +31,7 @@ def build(home, data_dir, names, lm, precondition=False):
     queries.write_text(json.dumps({"query_id": "u1", "text": "sample number 3 talks about topic 3", "prompt": "sample number"}) + "\n")
     cfg = Config.model_validate({
         "home": str(home), "dataset": {"path": str(data_dir), "queries_path": str(queries)},
-        "model": {"base_model": str(lm), "max_length": 32}, "projection": {"dim": 256, "kind": "logra", "target": "weights", "adam_precondition": False},  # a corpus-independent teacher
+        "model": {"base_model": str(lm), "max_length": 32}, "projection": projection,
         "rankings": {"anchor_fraction": 0.2, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 20,
                      "block_rows": 16, "precondition": precondition},
     })
@@ -49,3 +53,11 @@ def assert_same_rankings(a, b):
     for key in a:
         assert a[key][0] == b[key][0], key
         np.testing.assert_allclose(a[key][1], b[key][1], rtol=1e-5, atol=1e-6)
+
+
+def pair_scores(home, kinds=("eval", "eval_ceiling", "eval_as_queried", "random")):
+    """(query, sample, kind) -> score of the non-list rows."""
+    con = connect_readonly(home)
+    rows = con.execute("SELECT query_id, sample_id, kind, score FROM scores WHERE kind IN (SELECT unnest(?))", [list(kinds)]).fetchall()
+    con.close()
+    return {(q, s, k): v for q, s, k, v in rows}
