@@ -134,3 +134,31 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
         assert [(a, p) for a, p, _ in scored["eval_as_queried"]] == [(a, p) for a, p, _ in scored["eval"]]
         np.testing.assert_allclose(full_scores(rows(spec, [anchor], plain=True), store.lookup(np.array(pool)))[0],
                                    [s for a, _, s in scored["eval_as_queried"] if a == anchor], atol=1e-3)
+
+
+def test_every_quarantine_reason_is_counted_from_the_file_to_the_rankings_database(tmp_path, local_lm):
+    from influcoder_dagster.stages.rankings import run_influence_rankings
+    from influcoder_dagster.teacher.rankings_db import run_query
+
+    data = tmp_path / "data"
+    data.mkdir()
+    good = [json.dumps({"text": f"sample number {i} talks about topic {i % 7}."}) for i in range(40)]
+    bad = ['{"text": "\\ud800 lone surrogate"}', "[" * 100_000, "{not json", '{"text": null}', '{"text": "   "}',
+           json.dumps({"text": "a NUL \u0000 here"}), json.dumps({"body": "no text field"}), good[0]]
+    (data / "messy.jsonl").write_text("\n".join(good + bad) + "\n")
+    (data / "quotes.csv").write_text('text\n"fine csv row"\n"bad"x\n"never closed\n')
+    (data / "notes.docx").write_bytes(b"PK")
+    cfg = Config.model_validate({"home": str(tmp_path / "home"), "dataset": {"path": str(data)},
+                                 "model": {"base_model": str(local_lm), "max_length": 32},
+                                 "projection": {"dim": 256, "kind": "logra", "target": "weights", "adam_precondition": False},
+                                 "rankings": {"anchor_fraction": 0.2, "eval_pool_size": 10}})
+    run_base_model(cfg)
+    published = run_all_shards(cfg, progress=False).metadata
+    assert published["rows_read"] == published["rows_kept"] + published["rows_quarantined"] == len(good) + len(bad) + 3
+    assert [f["path"].endswith("notes.docx") for f in published["files_skipped"]] == [True] and published["warning"]
+    run_influence_rankings(cfg, progress=False)
+    _, rows = run_query(cfg.home_path, "SELECT regexp_extract(reason, '^[^:(]*'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1")
+    assert dict(rows) == {"JSON nested too deeply to parse": 1, "NUL character in 'text' at character 6": 1,
+                          "duplicate of line 1": 1, "empty 'text'": 1, "field 'text' is null": 1,
+                          "invalid Unicode in 'text'": 1, "malformed CSV": 1, "malformed JSON": 1,
+                          "missing field 'text'": 1, "unclosed quote": 1}
