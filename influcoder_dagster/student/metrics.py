@@ -52,8 +52,14 @@ def planted_recall(retrieved: Sequence[Sequence[int]], relevant: Sequence[set[in
     return float(np.mean(vals)) if vals else float("nan")
 
 
+AGREEMENT_KEYS = ("spearman", "kendall", "agg_spearman", "ndcg10", "recall10", "recall100")
+
+
 def agreement_table(teacher: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    """The standard row of the evaluation table for one method."""
+    """The standard row of the evaluation table for one method; all NaN when ``other`` holds a
+    non-finite score (a diverged encoder), which the quality gate then refuses."""
+    if not np.isfinite(other).all():
+        return dict.fromkeys(AGREEMENT_KEYS, float("nan"))
     return {
         "spearman": float(np.mean(per_query_spearman(teacher, other))),
         "kendall": float(np.mean(per_query_kendall(teacher, other))),

@@ -117,6 +117,37 @@ def test_an_encoder_no_better_than_its_start_fails_the_blocking_gate_and_stays_o
 
 
 @pytest.mark.slow
+def test_the_default_sketch_student_is_held_back_by_the_gate_when_training_ruins_it(pipeline_home, tmp_path):
+    """The shipped objective (gradient_sketch) goes through the same blocking gate: a fine-tuning run
+    with an absurd learning rate wrecks the encoder, and the gate keeps it out of the alias and the index."""
+    import shutil
+
+    from conftest import TINY_CONFIG
+
+    from influcoder_dagster.app.runner import materialize, only_gate_failed
+    from influcoder_dagster.core.atomic import read_json
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.student import tracking
+
+    home = tmp_path / "home"
+    shutil.copytree(pipeline_home[0], home)
+    config = tmp_path / "ruined.toml"
+    assert "sketch_epochs = 1" in TINY_CONFIG and "objective" not in TINY_CONFIG  # the default objective
+    config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("sketch_epochs = 1", "sketch_epochs = 2\nsketch_lr = 1000.0"))
+    tracking.setup(home)
+    champion = tracking.champion_version("influcoder-encoder")
+    index_before = read_json(Paths(home).index_manifest)
+
+    result = materialize(str(config), home, ["influcoder_encoder", "embedding_index"])
+
+    assert only_gate_failed(result)
+    record = read_json(Paths(home).encoder_pointer)
+    assert not record["promoted"] and record["version"] != champion, record["promotion_reason"]
+    assert tracking.champion_version("influcoder-encoder") == champion
+    assert read_json(Paths(home).index_manifest) == index_before
+
+
+@pytest.mark.slow
 def test_the_pair_teacher_gives_the_scores_the_rankings_database_holds(pipeline_home):
     from influcoder_dagster.core.config import load_config
     from influcoder_dagster.core.paths import Paths

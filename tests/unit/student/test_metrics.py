@@ -36,3 +36,16 @@ def test_ndcg_is_one_for_the_teacher_order_and_lower_when_reversed():
     assert ndcg_at_k(t, t, 2) == pytest.approx(1.0)
     # gains by teacher rank: [3, 2, 1, 0]; reversed order puts gains 0, 1 first: (0 + 1/log2(3)) / (3 + 2/log2(3))
     assert ndcg_at_k(t, -t, 2) == pytest.approx((1 / np.log2(3)) / (3 + 2 / np.log2(3)))
+
+
+def test_a_method_with_non_finite_scores_gets_nan_agreement_and_the_gate_refuses_it():
+    from influcoder_dagster.student.gate import promotion_decision
+    from influcoder_dagster.student.metrics import agreement_table
+
+    teacher = np.random.default_rng(0).standard_normal((3, 12))
+    broken = teacher.copy()
+    broken[1, 4] = np.nan
+    row = agreement_table(teacher, broken)
+    assert all(np.isnan(v) for v in row.values())
+    table = {"student": row, **{b: {"spearman": 0.1} for b in ("untrained", "bm25", "random")}}
+    assert promotion_decision(table, None) == (False, "held-out Spearman is nan: the student's scores carry no ranking")
