@@ -21,7 +21,8 @@ WEIGHTS_TEACHER = {"dim": 256, "kind": "logra", "target": "weights", "adam_preco
 DEFAULT_TEACHER = {"dim": 256, "lora_warmup_steps": 10}  # LoRA + Adam, as shipped; the warm-up kept short
 
 
-def build(home, data_dir, names, lm, precondition=False, projection=WEIGHTS_TEACHER):
+def configure(home, data_dir, names, lm, precondition=False, projection=WEIGHTS_TEACHER):
+    """Write the named files (only those) into ``data_dir`` and a user query; return the config."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for f in data_dir.iterdir():
         f.unlink()
@@ -29,12 +30,16 @@ def build(home, data_dir, names, lm, precondition=False, projection=WEIGHTS_TEAC
         (data_dir / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in FILES[name]))
     queries = home.parent / f"{home.name}-queries.jsonl"
     queries.write_text(json.dumps({"query_id": "u1", "text": "sample number 3 talks about topic 3", "prompt": "sample number"}) + "\n")
-    cfg = Config.model_validate({
+    return Config.model_validate({
         "home": str(home), "dataset": {"path": str(data_dir), "queries_path": str(queries)},
         "model": {"base_model": str(lm), "max_length": 32}, "projection": projection,
         "rankings": {"anchor_fraction": 0.2, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 20,
                      "block_rows": 16, "precondition": precondition},
     })
+
+
+def build(home, data_dir, names, lm, precondition=False, projection=WEIGHTS_TEACHER):
+    cfg = configure(home, data_dir, names, lm, precondition, projection)
     run_base_model(cfg)
     run_all_shards(cfg, progress=False)
     return run_influence_rankings(cfg, progress=False)

@@ -35,6 +35,7 @@ from influcoder_dagster.core.errors import InflucoderError, MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 
 MANIFEST = "manifest.json"
+SHARD_SUFFIXES = (".f16", ".ids.npy", ".json", ".f16.partial", ".done.npy", ".partial.json")  # <shard><suffix>
 
 
 def store_key(model_hash: str, projection: dict[str, Any], requested: dict[str, Any] | None = None) -> str:
@@ -191,11 +192,12 @@ class GradientStore:
                 raise StoreError(f"shard {name} has no finished gradients for its current tokens; materialize projected_gradients[{name}]")
             published[name] = {"rows": self.finished(name)["rows"], "file": f"{name}.f16", "ids": f"{name}.ids.npy",
                                "fingerprint": fingerprint, "excluded": sorted(excluded.get(name, []))}
-        dropped = sorted({f.name.split(".", 1)[0] for f in self.root.iterdir() if f.is_file() and f.name != MANIFEST} - set(keep))
+        shard_files = [f for f in self.root.iterdir() if f.is_file() and f.name != MANIFEST and f.name.endswith(SHARD_SUFFIXES)]
+        dropped = sorted({f.name.split(".", 1)[0] for f in shard_files} - set(keep))
         self.manifest.update(provenance, shards=published)
         self.save()
-        for f in list(self.root.iterdir()):
-            if f.is_file() and f.name != MANIFEST and f.name.split(".", 1)[0] in dropped:
+        for f in shard_files:  # the store's other files (query caches, the preconditioner) stay
+            if f.name.split(".", 1)[0] in dropped:
                 f.unlink()
         return dropped
 

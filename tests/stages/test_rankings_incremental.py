@@ -4,9 +4,14 @@ import shutil
 
 import numpy as np
 import pytest
-from rankings_cases import DEFAULT_TEACHER, assert_same_rankings, build, lists, pair_scores
+from rankings_cases import DEFAULT_TEACHER, assert_same_rankings, build, configure, lists, pair_scores
 
+from influcoder_dagster.core.errors import MissingUpstreamError
+from influcoder_dagster.core.paths import Paths
+from influcoder_dagster.stages.corpus import run_all_shards
+from influcoder_dagster.teacher.preconditioner import read_preconditioner
 from influcoder_dagster.teacher.rankings_db import connect_readonly
+from influcoder_dagster.teacher.store import open_store
 
 
 def test_adding_then_removing_a_file_matches_full_rebuilds(tmp_path, local_lm):
@@ -63,3 +68,13 @@ def test_with_the_default_lora_adam_teacher_an_update_equals_a_rebuild_on_the_sa
     shared = inc.keys() & full.keys()
     assert {k for _, _, k in shared} >= {"eval", "eval_ceiling", "eval_as_queried", "random"}
     np.testing.assert_allclose([inc[p] for p in sorted(shared)], [full[p] for p in sorted(shared)], rtol=1e-5, atol=1e-6)
+
+
+def test_a_preconditioner_estimated_on_other_data_is_refused(tmp_path, local_lm):
+    build(tmp_path / "h", tmp_path / "d", ["a.jsonl", "b.jsonl"], local_lm, precondition=True)
+    store = open_store(Paths(tmp_path / "h"))
+    assert read_preconditioner(store) is not None  # written with the rankings, for the re-rank
+    run_all_shards(configure(tmp_path / "h", tmp_path / "d", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, precondition=True),
+                   progress=False)  # new data published, the rankings not rebuilt yet
+    with pytest.raises(MissingUpstreamError, match="was estimated on data version .* materialize 'influence_rankings'"):
+        read_preconditioner(open_store(Paths(tmp_path / "h")))

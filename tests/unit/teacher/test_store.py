@@ -66,8 +66,11 @@ def test_publish_drops_removed_shards_leaves_out_excluded_rows_and_refuses_unfin
     store.writer("c", np.array([4]), checkpoint_seconds=0).write(np.array([0]), np.ones((1, 8)))  # in flight
     with pytest.raises(StoreError, match="projected_gradients\\[c\\]"):
         store.publish({"b": "", "c": ""}, {}, keep=["b", "c"])
+    for kept in ("user_queries.npz", "anchor_queries.npz", "preconditioner.safetensors"):  # the store's own files
+        (store.root / kept).write_bytes(b"x")
     assert store.publish({"b": ""}, {"b": [1]}, keep=["b", "c"]) == ["a"]
     assert store.shard_names == ["b"] and not (store.root / "a.f16").exists() and (store.root / "c.f16.partial").exists()
+    assert all((store.root / kept).exists() for kept in ("user_queries.npz", "anchor_queries.npz", "preconditioner.safetensors"))
     assert store.all_ids().tolist() == [2, 3] and store.n_rows() == 2
     blocks = list(store.iter_blocks(2))
     assert [b[0].tolist() for b in blocks] == [[2], [3]] and blocks[0][1].tolist() == [list(range(8))]
