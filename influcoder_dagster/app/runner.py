@@ -15,6 +15,7 @@ from influcoder_dagster.app.lineage import stale_resolver
 from influcoder_dagster.core.config import load_config
 from influcoder_dagster.core.errors import ConfigError
 from influcoder_dagster.core.paths import Paths
+from influcoder_dagster.core.quiet import quiet_libraries
 from influcoder_dagster.core.writer_lock import writer_lock
 from influcoder_dagster.data.source import current_shards
 from influcoder_dagster.definitions import ASSET_CHECKS, ASSETS, defs
@@ -134,6 +135,7 @@ def _stale_partitions(instance: dg.DagsterInstance, names: list[str]) -> list[st
 def _run_partition(instance_ref: Any, config_path: str | None, key: str, selection: list[str], threads: int) -> str:
     """One shard's run in this (spawned) process, with the multiprocess executor; returns its run id."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    quiet_libraries()  # a spawned process starts without the CLI's filters
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
         result = dg.execute_job(
             dg.reconstructable(shard_job), instance=instance, asset_selection=[dg.AssetKey(n) for n in selection],
