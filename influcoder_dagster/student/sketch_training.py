@@ -42,12 +42,8 @@ def train_sketch_student(cfg: Config, start: Any, pair_teacher: PairTeacher, dat
     training samples ``train`` (ids, texts), then fine-tune."""
     e, store = cfg.encoder, pair_teacher.store
     rng = np.random.default_rng(e.seed)
-    all_ids = store.all_ids()
-    fit_ids = np.sort(rng.choice(all_ids, min(len(all_ids), SKETCH_FIT_ROWS, SKETCH_FIT_BYTES // (4 * store.dim)), replace=False))
-    sketch = fit_sketch(store.lookup(fit_ids), e.sketch_dim, e.seed, store_key=store.root.name,
-                        base_model_hash=store.manifest.get("base_model_hash"), dataset_version=store.manifest.get("dataset_version"),
-                        projection=store.manifest.get("projection"), precondition_damping=pair_teacher.damping)
     train_ids, train_texts = train
+    sketch = fit_training_sketch(cfg, store, np.asarray(train_ids, dtype=np.int64), pair_teacher.damping)
     doc_ids, doc_vectors, targets = _sketch_pass(store, sketch, np.asarray(train_ids, dtype=np.int64), pair_teacher, cfg.rankings.block_rows)
     model, fit = with_sketch_head(start, train_texts, targets)
     result = TrainResult()
@@ -61,8 +57,19 @@ def train_sketch_student(cfg: Config, start: Any, pair_teacher: PairTeacher, dat
     docs: dict[str, np.ndarray] = {}
     for text, row in zip(data.corpus_texts, np.searchsorted(doc_ids, data.corpus_ids), strict=True):
         docs.setdefault(text, doc_vectors[row])
-    fit = {**fit, "sketch_dim": sketch.dim, "sketch_fit_rows": len(fit_ids), "sketch_train_samples": len(train_texts)}
+    fit = {**fit, "sketch_dim": sketch.dim, "sketch_fit_rows": sketch.provenance["fit_rows"], "sketch_train_samples": len(train_texts)}
     return model, SketchScorer(model, sketch, docs), result, fit
+
+
+def fit_training_sketch(cfg: Config, store: Any, train_ids: np.ndarray, damping: float | None) -> Sketch:
+    """The sketch basis, fitted on training samples' rows only (a random subset within the memory
+    bound): no held-out anchor or held-out pool sample shapes the basis the evaluation scores through."""
+    e = cfg.encoder
+    n = min(len(train_ids), SKETCH_FIT_ROWS, SKETCH_FIT_BYTES // (4 * store.dim))
+    fit_ids = np.sort(np.random.default_rng(e.seed).choice(train_ids, n, replace=False))
+    return fit_sketch(store.lookup(fit_ids), e.sketch_dim, e.seed, store_key=store.root.name,
+                      base_model_hash=store.manifest.get("base_model_hash"), dataset_version=store.manifest.get("dataset_version"),
+                      projection=store.manifest.get("projection"), precondition_damping=damping, fitted_on="train split")
 
 
 def _sketch_pass(store: Any, sketch: Sketch, train_ids: np.ndarray, pair_teacher: PairTeacher, block_rows: int
