@@ -13,6 +13,7 @@ Layout of an adapter folder: peft's ``adapter_config.json`` + ``adapter_model.sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,8 +97,18 @@ def warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: l
         state[f"{module}.exp_avg_sq"] = moments["exp_avg_sq"].contiguous()
     with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp))
+        _canonical_config(tmp / "adapter_config.json")
         save_file(state, str(tmp / ADAM_STATE))
     return out_dir
+
+
+def _canonical_config(path: Path) -> None:
+    """peft writes ``target_modules`` in set order, which differs between processes; sorted, the
+    adapters' content hash (part of ``model_hash``, so of every store key) is reproducible."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def load_adapters(model: PreTrainedModel, adapter_dir: Path) -> Any:

@@ -91,3 +91,25 @@ def test_adam_needs_lora_and_countsketch():
         Config.model_validate({"projection": {"kind": "logra"}})
     Config.model_validate({"projection": {"adam_precondition": True, "kind": "countsketch", "target": "lora"}})
     Config.model_validate({"projection": {"adam_precondition": False, "kind": "logra", "target": "weights"}})
+
+
+WARM_UP = """
+import sys
+from pathlib import Path
+from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash
+from influcoder_dagster.teacher.lora import LoraRecipe, warm_up
+model, tok = load_decoder(sys.argv[1])
+texts = [f"sample number {i} talks about topic {i % 7} and ends here." for i in range(40)]
+print(model_dir_hash(warm_up(model, tok, texts, LoraRecipe(4, 5, 1e-2, 8, 32, 0), Path(sys.argv[2]), progress=False)))
+"""
+
+
+@pytest.mark.slow
+def test_the_adapters_hash_the_same_in_processes_with_different_hash_seeds(local_lm, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    hashes = {subprocess.run([sys.executable, "-c", WARM_UP, str(local_lm), str(tmp_path / seed)], capture_output=True, text=True,
+                             check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2", "3")}
+    assert len(hashes) == 1, hashes
