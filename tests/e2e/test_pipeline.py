@@ -168,16 +168,17 @@ def test_rerank_returns_the_teachers_order_and_scores_among_the_candidates(pipel
 
 
 def test_a_sketch_index_rerank_returns_the_teachers_full_store_top_k(pipeline_home):
-    """The re-rank recalls with the query's own gradient, sketched; this tiny store has fewer rows
-    than the sketch has directions, so the basis spans every row and a shallow re-rank must give
-    exactly the teacher's top-k over the whole store, as the rankings asset computed it."""
+    """The re-rank recalls with the query's own gradient, sketched; this tiny store has fewer training
+    rows than the sketch has directions, so the basis (fitted on the training split only) spans every
+    training row, and a shallow re-rank must give exactly the teacher's top-k over the whole store,
+    as the rankings asset computed it."""
     from influcoder_dagster.serving.attribute import Attributor
 
     home, _, _ = pipeline_home
     con = connect_readonly(home)
-    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    n_train = con.execute("SELECT count(*) FROM samples WHERE split = 'train'").fetchone()[0]
     attributor = Attributor(home)
-    assert attributor.sketch is not None and attributor.sketch.dim == n
+    assert attributor.sketch is not None and attributor.sketch.dim == n_train
     users = con.execute("SELECT query_id, text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()
     hits = attributor.query([t for _, t, _ in users], k=10, rerank=20, prompts=[p for _, _, p in users])
     for (qid, _, _), got in zip(users, hits, strict=True):
