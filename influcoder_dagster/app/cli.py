@@ -113,7 +113,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     if not meta:
         print("nothing to do: every selected asset and shard is up to date")
     if gate_held:
-        print("the new encoder did not pass its quality gate; the index was refreshed with the current champion (or base encoder)")
+        refreshed = "embedding_index" in meta
+        print("the new encoder did not pass its quality gate; " + ("the index was refreshed with the current champion (or base encoder)"
+              if refreshed else "the index still serves the current champion (or base encoder)"))
     for msg in failure_messages(result):
         print(f"FAILED {msg}", file=sys.stderr)
     return 0 if result.success else 1
