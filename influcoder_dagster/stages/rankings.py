@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -73,11 +74,15 @@ class _Inputs:
     splits: np.ndarray
     spec: ProjectionSpec
 
+    @cached_property
+    def row_of(self) -> dict[int, int]:
+        """Sample id -> its row in the corpus table, built once per run."""
+        return {int(s): i for i, s in enumerate(self.ids)}
+
     def tokens(self, sample_ids: Any) -> list[Encoded]:
         """The samples' own token ids (only the rows asked for leave Arrow)."""
-        row_of = {int(s): i for i, s in enumerate(self.ids)}
         column = self.corpus.column("input_ids")
-        return [Encoded(column[row_of[int(x)]].as_py()) for x in sample_ids]
+        return [Encoded(column[self.row_of[int(x)]].as_py()) for x in sample_ids]
 
 
 def _read_inputs(cfg: Config) -> _Inputs:
