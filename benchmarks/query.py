@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -186,7 +187,9 @@ def main() -> None:
             served = compressed if len(ids) > defaults.flat_max else exact
             sizes = {}
             for name, index in (("flat", exact), ("ivf_sq8", compressed)):
-                path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)})
+                path = save_index(index, Path(tmp) / name, {"encoder_version": "bench", "dataset_version": str(n)},
+                                  pa.table({"sample_id": pa.array(ids, pa.int64()), "text": [""] * len(ids), "source": [""] * len(ids),
+                                            "row": pa.array([0] * len(ids), pa.int32())}))  # the index's own size only
                 sizes[name] = path.stat().st_size / len(ids)
             times: dict[str, list[float]] = {"encoder": [], "encoder_torch": [], "gradient": []}
             rec: dict[str, list[float]] = {"compressed": [], "encoder": [], **{f"stored{d}": [] for d in args.rerank}}

@@ -18,11 +18,13 @@ from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.core.quiet import quiet_libraries
 from influcoder_dagster.core.writer_lock import writer_lock
 from influcoder_dagster.data.source import current_shards
+from influcoder_dagster.data.tokenized import shard_entry
 from influcoder_dagster.definitions import ASSET_CHECKS, ASSETS, defs
 from influcoder_dagster.orchestration.partitions import corpus_shards
 from influcoder_dagster.orchestration.resources import InflucoderConfig
 from influcoder_dagster.stages.base_model import base_model_version
 from influcoder_dagster.stages.settings import DECIDES, settings_version
+from influcoder_dagster.student import tracking
 
 if TYPE_CHECKING:
     from influcoder_dagster.core.config import Config
@@ -71,6 +73,7 @@ class Runs:
     """The Dagster runs one ``materialize`` call made, read as one result: (success, events) per run."""
 
     runs: list[tuple[bool, list[dg.DagsterEvent]]] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # unfinished runs of a killed materialize, marked failed first
 
     def add(self, result: Any) -> bool:
         self.runs.append((result.success, list(result.all_events)))
@@ -116,6 +119,29 @@ def sync_partitions(cfg: Config, instance: dg.DagsterInstance) -> tuple[list[str
     return added, deleted
 
 
+HOME_TAG = "influcoder/home"  # the storage root a CLI run writes; its writer lock is held for the run's whole life
+
+
+def writer_tags(home: Path) -> dict[str, str]:
+    return {HOME_TAG: str(Path(home).resolve())}
+
+
+def release_dead_runs(instance: dg.DagsterInstance, home: Path) -> list[str]:
+    """Mark failed, and free the pool slots of, this root's CLI runs that never finished.
+
+    Called with the root's writer lock held: no other ``materialize`` on this root is alive, so an
+    unfinished run tagged with it belongs to a process that was killed. Left alone, its claimed
+    ``duckdb_writer`` slot would block every later rankings run forever."""
+    dead = instance.get_runs(dg.RunsFilter(tags=writer_tags(home), statuses=[
+        dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    for run in dead:
+        instance.report_run_failed(run, "its influcoder materialize process died; marked failed by the next materialize")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    if dead:  # an encoder run among them leaves its MLflow run open
+        tracking.end_orphan_runs(home)
+    return [run.run_id for run in dead]
+
+
 def observe_sources(cfg: Config, instance: dg.DagsterInstance) -> dict[str, str]:
     """Record the observable sources' current versions, as the sensor does: the base model's files and the
     settings that decide each asset. Returns source name -> data version."""
@@ -125,21 +151,24 @@ def observe_sources(cfg: Config, instance: dg.DagsterInstance) -> dict[str, str]
     return versions
 
 
-def _stale_partitions(instance: dg.DagsterInstance, names: list[str]) -> list[str]:
-    """Shard partitions where a selected partitioned asset is missing or stale (by Dagster's data versions)."""
+def _stale_partitions(instance: dg.DagsterInstance, names: list[str], corpus: Path) -> list[str]:
+    """Shard partitions where a selected partitioned asset is missing or stale (by Dagster's data versions),
+    or whose shard is gone from disk: a file removed and added back keeps its key and Dagster its old
+    materializations (OSS Dagster cannot wipe a partition), but ``corpus_manifest`` deleted its files."""
     resolver = stale_resolver(instance)
     keys = instance.get_dynamic_partitions(corpus_shards.name)
-    return sorted(k for k in keys if any(resolver.get_status(dg.AssetKey(n), k).value != "FRESH" for n in names))
+    return sorted(k for k in keys if shard_entry(corpus, k) is None
+                  or any(resolver.get_status(dg.AssetKey(n), k).value != "FRESH" for n in names))
 
 
-def _run_partition(instance_ref: Any, config_path: str | None, key: str, selection: list[str], threads: int) -> str:
+def _run_partition(instance_ref: Any, config_path: str | None, home: Path, key: str, selection: list[str], threads: int) -> str:
     """One shard's run in this (spawned) process, with the multiprocess executor; returns its run id."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     quiet_libraries()  # a spawned process starts without the CLI's filters
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
         result = dg.execute_job(
             dg.reconstructable(shard_job), instance=instance, asset_selection=[dg.AssetKey(n) for n in selection],
-            tags={"dagster/partition": key},
+            tags={"dagster/partition": key, **writer_tags(home)},
             run_config={"resources": {"influcoder": {"config": {"config_path": config_path}}},
                         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                         # Steps start from a fork server that has the heavy libraries loaded already:
@@ -175,18 +204,20 @@ def _materialize(config_path: str | None, home: Path, select: list[str] | None, 
 
     def run(names: list[str], partition_key: str | None = None) -> bool:
         return runs.add(dg.materialize([*ASSETS, *ASSET_CHECKS], selection=dg.AssetSelection.assets(*names), resources=resources,
-                                       instance=instance, partition_key=partition_key, raise_on_error=False, run_config=run_config))
+                                       instance=instance, partition_key=partition_key, raise_on_error=False, run_config=run_config,
+                                       tags=writer_tags(home)))
 
     def run_partitions(names: list[str]) -> bool:
-        keys = _stale_partitions(instance, names)
+        keys = _stale_partitions(instance, names, Paths(home).corpus)
         if workers > 1 and len(keys) > 1:
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                run_ids = list(pool.map(_run_partition, *zip(*[(instance.get_ref(), config_path, k, names, threads) for k in keys])))
+                run_ids = list(pool.map(_run_partition, *zip(*[(instance.get_ref(), config_path, home, k, names, threads) for k in keys])))
             return all([runs.add_stored(instance, r) for r in run_ids])
         return all(run(names, key) for key in keys)
 
     cfg = load_config(config_path)
+    runs.released = release_dead_runs(instance, home)
     sync_partitions(cfg, instance)
     observe_sources(cfg, instance)
     for names, partitioned in STAGES:
@@ -238,6 +269,8 @@ def materialize_with_gate(config_path: str | None, home: Path, select: list[str]
     meta = materialization_metadata(result)
     held = only_gate_failed(result)
     if held and (select is None or "embedding_index" in select):
+        released = result.released
         result = materialize(config_path, home, ["shard_embeddings", "embedding_index"], workers=workers, wait=True)
+        result.released = released
         meta.update(materialization_metadata(result))
     return result, meta, held

@@ -90,8 +90,10 @@ def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderCo
     existing = set(context.instance.get_dynamic_partitions(corpus_shards.name))
     added, deleted = sorted(wanted - existing), sorted(existing - wanted)
 
+    # A file removed and added back has the same key but a new mtime: its run is new, not a duplicate to skip.
+    added_at = {entry[2]: entry[1] for entry in files.values()}
     requests: list[dg.RunRequest] = [
-        dg.RunRequest(partition_key=key, run_key=key, asset_selection=[dg.AssetKey(k) for k in SHARD_ASSETS])
+        dg.RunRequest(partition_key=key, run_key=f"{key}@{added_at[key]}", asset_selection=[dg.AssetKey(k) for k in SHARD_ASSETS])
         for key in added
     ]
     queries = cfg.dataset.queries_path

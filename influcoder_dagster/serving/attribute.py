@@ -23,8 +23,7 @@ import numpy as np
 from influcoder_dagster.core.config import IndexConfig
 from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
-from influcoder_dagster.data.tokenized import read_corpus, read_manifest
-from influcoder_dagster.serving.index import encoder_folder, load_index, search
+from influcoder_dagster.serving.index import encoder_folder, load_index, load_samples, search
 from influcoder_dagster.serving.query_encoder import QueryEncoder
 from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
 from influcoder_dagster.teacher.base_model import base_model_record
@@ -36,21 +35,17 @@ from influcoder_dagster.teacher.store import open_store
 
 
 class Attributor:
-    """Loads the index, its encoder and the corpus once; answers many queries."""
+    """Loads one published index version (index, encoder, samples) once; answers many queries."""
 
     def __init__(self, home: Path, max_length: int = 128) -> None:
         self.paths, self.max_length = Paths(home), max_length
         self.index, self.manifest = load_index(self.paths.index)
-        corpus_version = read_manifest(self.paths.corpus)["dataset_version"]
-        if self.manifest["dataset_version"] != corpus_version:
-            raise MissingUpstreamError(f"the index was built for dataset {self.manifest['dataset_version']} but the corpus is now "
-                                       f"{corpus_version}", "embedding_index")
         self.encoder_folder = encoder_folder(self.paths.index, self.manifest)
         self.encoder = QueryEncoder(self.encoder_folder)
         self.sketch = self._sketch()
-        corpus = read_corpus(self.paths.corpus, columns=["sample_id", "text", "source", "row"])
-        self._row = {int(s): i for i, s in enumerate(corpus.column("sample_id").to_numpy())}
-        self._cols = {c: corpus.column(c).to_pylist() for c in ("text", "source", "row")}
+        samples = load_samples(self.paths.index, self.manifest)  # the index's own: a refresh under way does not show
+        self._row = {int(s): i for i, s in enumerate(samples.column("sample_id").to_numpy())}
+        self._cols = {c: samples.column(c).to_pylist() for c in ("text", "source", "row")}
         self._teacher: _Teacher | None = None
 
     def _sketch(self) -> Sketch | None:

@@ -4,8 +4,10 @@ Kinds: ``flat`` (exact) for small corpora; ``ivf_sq8`` (inverted lists over 8-bi
 vectors, trained on a sample, then filled; about 4x smaller than flat, removals supported) or
 ``hnsw`` (graph, fast, cannot remove) for large ones. ``auto`` picks flat up to ``flat_max``.
 
-Written as ``index/<encoder_version>-<dataset_version>.faiss`` plus ``index/manifest.json``
-naming the current file; both are replaced atomically, so a reader loads a consistent pair.
+Each version is a folder ``index/<encoder_version>-<dataset_version>-<ns>/`` holding the index, the
+query encoder it was built with and the samples it returns (id, text, source, row); replacing
+``index/manifest.json`` to name it is the commit. A reader loads one version whole, so a corpus
+refresh under way never shows it an index beside another version's encoder or texts.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from influcoder_dagster.core.atomic import atomic_dir, read_json, write_json
 from influcoder_dagster.core.config import IndexConfig
 from influcoder_dagster.core.errors import ConfigError, MissingUpstreamError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def build_index(embeddings: np.ndarray, ids: np.ndarray, cfg: IndexConfig, seed: int = 0) -> Any:
@@ -78,20 +83,26 @@ def index_kind(index: Any) -> str:
 
 MANIFEST = "manifest.json"  # the commit point: names the version folder readers use
 INDEX_FILE = "index.faiss"
+SAMPLES_FILE = "samples.parquet"  # what a hit returns: sample_id, text, source, row of every indexed sample
+SAMPLE_COLUMNS = ["sample_id", "text", "source", "row"]
 ENCODER_DIR = "encoder"  # the query encoder the index was built with, its ONNX export and its sketch basis
 ENCODER_STAMP = "influcoder_encoder.json"  # inside ENCODER_DIR: which encoder version it is
 KEEP_VERSIONS = 2  # the current folder and the one before, which a reader may still be opening
 
 
-def save_index(index: Any, root: Path, manifest: dict[str, Any], write_encoder: Callable[[Path], None] | None = None) -> Path:
-    """Publish ``index`` (and, with ``write_encoder``, its encoder folder) as one new version folder under
-    ``root``, then commit by replacing ``root/manifest.json``: a reader sees the old version or the new
-    one, never an index beside another index's encoder. Returns the new index file."""
+def save_index(index: Any, root: Path, manifest: dict[str, Any], samples: pa.Table,
+               write_encoder: Callable[[Path], None] | None = None) -> Path:
+    """Publish ``index``, its ``samples`` (the :data:`SAMPLE_COLUMNS` of every id it holds) and, with
+    ``write_encoder``, its encoder folder as one new version folder under ``root``, then commit by
+    replacing ``root/manifest.json``: a reader sees the old version or the new one, never a mix.
+    Returns the new index file."""
     import faiss
+    import pyarrow.parquet as pq
 
     version = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest['encoder_version']}-{manifest['dataset_version']}-{time.time_ns()}")
     with atomic_dir(root / version) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
+        pq.write_table(samples.select(SAMPLE_COLUMNS), tmp / SAMPLES_FILE, compression="zstd")
         if write_encoder is not None:
             write_encoder(tmp / ENCODER_DIR)
             write_json(tmp / ENCODER_DIR / ENCODER_STAMP, {"encoder_version": manifest["encoder_version"]})
@@ -133,6 +144,16 @@ def encoder_folder(root: Path, manifest: dict[str, Any]) -> Path:
         raise MissingUpstreamError(f"{folder} holds encoder {found}, but the index was built with {manifest['encoder_version']}",
                                    "embedding_index")
     return folder
+
+
+def load_samples(root: Path, manifest: dict[str, Any]) -> pa.Table:
+    """The samples the published version returns; an index from before samples were kept must be rebuilt."""
+    import pyarrow.parquet as pq
+
+    path = root / manifest["folder"] / SAMPLES_FILE
+    if not path.exists():
+        raise MissingUpstreamError(f"{path} is missing (an index from an older release)", "embedding_index")
+    return pq.read_table(path)
 
 
 def index_ids(index: Any) -> np.ndarray:

@@ -24,6 +24,7 @@ from influcoder_dagster.serving.embeddings import corpus_embeddings, serving_enc
 from influcoder_dagster.serving.index import (
     ENCODER_DIR,
     ENCODER_STAMP,
+    SAMPLE_COLUMNS,
     build_index,
     encoder_folder,
     index_ids,
@@ -78,7 +79,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
         "rerank_nprobe": cfg.index.rerank_nprobe,
         "documents": "gradient_sketch" if sketch is not None else "text_embeddings",
         "sketch": sketch.provenance if sketch is not None else None,
-    }, write_encoder)
+    }, read_corpus(paths.corpus, columns=SAMPLE_COLUMNS), write_encoder)
     return StageResult({
         "path": str(path), "count": int(index.ntotal), "encoder_version": encoder.version, "mode": "update" if same_encoder and added is not None else "rebuild",
         "samples_added": added, "samples_removed": removed, "samples_embedded_here": embedded, "seconds": round(seconds, 2),

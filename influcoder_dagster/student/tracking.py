@@ -53,6 +53,23 @@ def setup(home: Path) -> str:
     return exp_id
 
 
+def end_orphan_runs(home: Path) -> list[str]:
+    """Mark the experiment's runs still RUNNING as KILLED: called only when the materialize that opened them
+    is known to be dead, so they would otherwise show as running in the MLflow UI forever."""
+    if not Paths(home).mlflow_db.exists():
+        return []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(home), registry_uri=tracking_uri(home))
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    orphans = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    for run in orphans:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in orphans]
+
+
 # Every column in which MLflow (3.x, sqlite store) writes an absolute artifact URI.
 ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
                     ("model_versions", "storage_location"), ("model_versions", "source"))

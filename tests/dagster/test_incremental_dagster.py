@@ -17,6 +17,7 @@ from influcoder_dagster.data.dataset import shard_files
 from influcoder_dagster.data.tokenized import read_corpus
 from influcoder_dagster.orchestration.automation import dataset_sensor
 from influcoder_dagster.orchestration.resources import InflucoderConfig
+from influcoder_dagster.serving.attribute import Attributor
 from influcoder_dagster.serving.index import index_ids, load_index
 from influcoder_dagster.teacher.rankings_db import connect_readonly
 
@@ -103,6 +104,10 @@ def test_the_sensor_adds_a_partition_per_new_file_and_deletes_those_of_removed_f
         assert refresh.partition_key is None and {k.to_user_string() for k in refresh.asset_selection} == {
             "corpus_manifest", "influence_rankings", "embedding_index"}
 
+        write_files(tmp_path / "data", ["a.jsonl"])  # back again: the same key, but a new run (not deduplicated by its run key)
+        (again,) = tick(removed.cursor).run_requests
+        assert again.partition_key == key_a and again.run_key != first.run_requests[0].run_key
+
 
 @pytest.mark.slow
 def test_a_new_file_costs_only_its_rows_and_a_removed_file_leaves_rankings_and_index(tmp_path, lm):
@@ -141,12 +146,22 @@ def test_a_new_file_costs_only_its_rows_and_a_removed_file_leaves_rankings_and_i
         rows = read_corpus(Paths(home).corpus, columns=["sample_id", "source"]).to_pylist()
         a_ids = {r["sample_id"] for r in rows if r["source"].endswith("a.jsonl")}
         (tmp_path / "data" / "a.jsonl").unlink()
-        third = run(config, tmp_path, instance)
+        third = run(config, tmp_path, instance, TEACHER)
         assert computed(third) == {} and third["corpus_manifest"]["rows_kept"] == len(corpus_ids) - len(a_ids)
+        # Mid-refresh (the corpus published, the index not yet): a reader gets the index's own version, whole.
+        hits = Attributor(home).query([FILES["a.jsonl"][0]], k=len(corpus_ids))[0]
+        assert {h["sample_id"] for h in hits} == corpus_ids and all(h["text"] for h in hits)
+        run(config, tmp_path, instance, ["shard_embeddings", "embedding_index"])
         con = connect_readonly(home)
         left = con.execute("SELECT count(*) FROM scores WHERE sample_id IN (SELECT unnest(?))", [sorted(a_ids)]).fetchone()[0]
         assert left == 0 and not a_ids & lists(home)[1]
         assert not a_ids & set(index_ids(load_index(Paths(home).index)[0]).tolist())
+
+        # The same file back: its partition (same key) was forgotten with its files, so it is rebuilt.
+        write_files(tmp_path / "data", ["a.jsonl"])
+        fourth = run(config, tmp_path, instance)
+        assert list(computed(fourth).values()) == [len(FILES["a.jsonl"])]
+        assert set(index_ids(load_index(Paths(home).index)[0]).tolist()) == corpus_ids
 
 
 def statuses(instance):

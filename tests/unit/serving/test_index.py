@@ -1,14 +1,20 @@
 import faiss
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from influcoder_dagster.core.config import IndexConfig
 from influcoder_dagster.core.errors import MissingUpstreamError
-from influcoder_dagster.serving.index import build_index, encoder_folder, index_ids, load_index, save_index, search
+from influcoder_dagster.serving.index import build_index, encoder_folder, index_ids, load_index, load_samples, save_index, search
 
 
 def unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def samples_of(ids, tag=""):
+    return pa.table({"sample_id": pa.array(ids, pa.int64()), "text": [f"text {i}{tag}" for i in ids],
+                     "source": ["f.jsonl"] * len(ids), "row": pa.array(range(len(ids)), pa.int32())})
 
 
 def test_flat_index_equals_brute_force_and_reloads_identically(tmp_path):
@@ -22,7 +28,7 @@ def test_flat_index_equals_brute_force_and_reloads_identically(tmp_path):
         order = np.argsort(-brute[i])[:5]
         np.testing.assert_array_equal(found[i], ids[order])
         np.testing.assert_allclose(scores[i], brute[i][order], rtol=1e-5)
-    save_index(index, tmp_path / "index", {"encoder_version": "v1", "dataset_version": "d1"})
+    save_index(index, tmp_path / "index", {"encoder_version": "v1", "dataset_version": "d1"}, samples_of(ids))
     reloaded, manifest = load_index(tmp_path / "index")
     assert manifest["count"] == 300 and manifest["kind"] == "flat"
     np.testing.assert_array_equal(search(reloaded, q, 5)[1], found)
@@ -75,8 +81,8 @@ def test_the_compressed_index_is_smaller_keeps_recall_and_supports_removal(tmp_p
     truth, got = search(exact, q, 10)[1], search(ivf, q, 10)[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
     assert recall >= 0.95, recall
-    small = save_index(ivf, tmp_path / "i", {"encoder_version": "v1", "dataset_version": "d", "nprobe": 16})
-    large = save_index(exact, tmp_path / "e", {"encoder_version": "v1", "dataset_version": "d"})
+    small = save_index(ivf, tmp_path / "i", {"encoder_version": "v1", "dataset_version": "d", "nprobe": 16}, samples_of(ids[:0]))
+    large = save_index(exact, tmp_path / "e", {"encoder_version": "v1", "dataset_version": "d"}, samples_of(ids[:0]))
     assert small.stat().st_size < 0.5 * large.stat().st_size
     reloaded, manifest = load_index(tmp_path / "i")
     assert manifest["kind"] == "ivf_sq8"
@@ -102,11 +108,12 @@ def test_the_index_and_its_encoder_are_published_as_one_version_and_checked_on_r
     index = build_index(emb, np.arange(30, dtype=np.int64), IndexConfig(kind="flat"))
     root = tmp_path / "index"
     for version in ("v1", "v2", "v3"):
-        save_index(index, root, {"encoder_version": version, "dataset_version": "d"},
+        save_index(index, root, {"encoder_version": version, "dataset_version": "d"}, samples_of(range(30), version),
                    lambda folder, v=version: (folder.mkdir(), (folder / "weights.txt").write_text(v)))
     _, manifest = load_index(root)
     folder = encoder_folder(root, manifest)
     assert manifest["encoder_version"] == "v3" and (folder / "weights.txt").read_text() == "v3"
+    assert load_samples(root, manifest).column("text")[7].as_py() == "text 7v3"  # the version's own texts
     assert len([d for d in root.iterdir() if d.is_dir()]) == 2  # the current version and the one before
     (folder / "influcoder_encoder.json").write_text('{"encoder_version": "v2"}')  # an encoder swapped under the index
     with pytest.raises(MissingUpstreamError, match="holds encoder v2, but the index was built with v3"):
