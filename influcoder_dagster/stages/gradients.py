@@ -16,7 +16,7 @@ from influcoder_dagster.data.tokenized import shard_entry
 from influcoder_dagster.data.tokens import Encoded, length_sorted_batches
 from influcoder_dagster.stages.result import StageResult
 from influcoder_dagster.teacher.base_model import base_model_record
-from influcoder_dagster.teacher.decoder import load_decoder
+from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
 from influcoder_dagster.teacher.gradients import projection_for
 from influcoder_dagster.teacher.query_gradients import pool_extractor
 from influcoder_dagster.teacher.store import GradientStore, StoreError, requested_projection
@@ -53,14 +53,15 @@ def _extract_shard(cfg: Config, paths: Paths, base: dict[str, Any], name: str, f
                    ) -> tuple[GradientStore, int]:
     """Fill the shard's rows that are not done yet; returns the store and how many rows were computed."""
     p = cfg.projection
-    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
-    spec = projection_for(model, p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
-    store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], requested=requested_projection(cfg))
+    decoders = load_checkpoint_decoders(base)
+    spec = projection_for(decoders[-1][0], p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
+    extractor = pool_extractor(decoders, spec, cfg)
+    store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], dim=extractor.dim,
+                                 requested=requested_projection(cfg), checkpoints=len(decoders))
     table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
     writer = store.writer(name, table.column("sample_id").to_numpy(), fingerprint)
     seqs = table.column("input_ids").to_pylist()
     missing = writer.missing_rows()
-    extractor = pool_extractor(model, tokenizer, spec, base, cfg)
     computed = 0
     for batch in tqdm(list(length_sorted_batches([len(seqs[i]) for i in missing], p.batch_size)),
                       desc=f"gradients {name}", disable=not progress):

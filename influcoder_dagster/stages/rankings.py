@@ -132,7 +132,7 @@ def run_influence_rankings(cfg: Config, dagster_run_id: str | None = None, progr
         "score_rows_written": len(rows), "preconditioned": r.precondition,
         f"teacher_planted_recall_at_{cfg.k}": _planted_recall(home, user, metas, inp.ids, cfg.k),
         "base_model_hash": inp.base["model_hash"], "dataset_version": inp.manifest["dataset_version"],
-        "projection": inp.spec.kind, "dim": inp.spec.dim, "seed": inp.spec.seed, "bytes": inp.paths.rankings_db.stat().st_size,
+        "projection": inp.spec.kind, "dim": inp.store.dim, "seed": inp.spec.seed, "bytes": inp.paths.rankings_db.stat().st_size,
     }, version)
 
 
@@ -269,7 +269,7 @@ def _update(inp: _Inputs, wanted: dict[str, dict[str, Any]], queries: QueryChang
     })
     spec, now = inp.spec, datetime.now(timezone.utc).replace(tzinfo=None)
     run = pa.table({
-        "run_id": [run_id], "base_model_hash": [inp.base["model_hash"]], "projection": [spec.kind], "dim": [spec.dim],
+        "run_id": [run_id], "base_model_hash": [inp.base["model_hash"]], "projection": [spec.kind], "dim": [inp.store.dim],
         "seed": [spec.seed], "dataset_version": [inp.manifest["dataset_version"]], "store_key": [inp.store.root.name],
         "mode": ["rebuild" if shards.rebuild else "incremental"], "preconditioned": [preconditioned], "created_at": [now],
         "dagster_run_id": [dagster_run_id],

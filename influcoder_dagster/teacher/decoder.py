@@ -7,7 +7,7 @@ that hash is part of every downstream artifact's provenance.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ class BaseModelInfo:
     model_hash: str
     kind: str  # "tiny" or "local"
     n_params: int
+    epochs: tuple[Path, ...] = ()  # tiny: the folders of earlier epochs the teacher scores
 
 
 def model_dir_hash(path: str | Path) -> str:
@@ -120,8 +121,21 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     )
 
 
-def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progress: bool = True) -> Path:
-    """Train a small GPT-2 on ``texts`` and save it with its tokenizer (safetensors) to ``out_dir``."""
+def checkpoint_epochs(epochs: int, checkpoints: int) -> list[int]:
+    """The epochs whose states the teacher scores, geometrically spaced and ending at the last:
+    8 epochs, 4 checkpoints -> [1, 2, 4, 8]. Early states matter most: a span the model has
+    memorized no longer moves its gradient."""
+    return sorted({max(1, round(epochs / 2**i)) for i in range(checkpoints)}) if epochs else []
+
+
+def epochs_folder(out_dir: Path) -> Path:
+    """Where the tiny decoder's earlier epochs are kept, beside it (its own folder's hash stays its weights')."""
+    return out_dir.parent / f"{out_dir.name}.epochs"
+
+
+def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progress: bool = True, keep_epochs: Sequence[int] = ()) -> Path:
+    """Train a small GPT-2 on ``texts`` and save it with its tokenizer (safetensors) to ``out_dir``; the
+    states after ``keep_epochs`` (other than the last) go to :func:`epochs_folder`."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -144,9 +158,9 @@ def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progre
     total = cfg.epochs * len(batches)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
     with tqdm(total=total, desc="train tiny decoder", disable=not progress) as bar:
-        for _ in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
             for b in torch.randperm(len(batches), generator=gen).tolist():
                 ids, mask = pad_batch([enc[i] for i in batches[b]], tokenizer.pad_token_id)
                 labels = ids.masked_fill(mask == 0, -100)
@@ -158,6 +172,9 @@ def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progre
                 opt.zero_grad()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update()
+            if epoch in keep_epochs and epoch < cfg.epochs:
+                model.eval()
+                save_model(model, tokenizer, epochs_folder(out_dir) / f"epoch-{epoch}")
     model.eval()
     return save_model(model, tokenizer, out_dir)
 
@@ -172,19 +189,19 @@ def tiny_model_key(cfg: ModelConfig, data_tag: str) -> str:
     return f"tiny-{tag}-{cfg.n_layer}x{cfg.n_embd}-v{cfg.vocab_size}-e{cfg.epochs}-s{cfg.seed}-t{cfg.max_length}"
 
 
-def resolve_base_model(cfg: ModelConfig, texts: Callable[[], list[str]], models_root: Path, data_tag: str) -> BaseModelInfo:
-    """Return the decoder to attribute: the configured local folder, or a tiny one trained (once) on ``texts()``."""
+def resolve_base_model(cfg: ModelConfig, texts: Callable[[], list[str]], models_root: Path, data_tag: str,
+                       checkpoints: int = 1) -> BaseModelInfo:
+    """Return the decoder to attribute: the configured local folder, or a tiny one trained (once) on
+    ``texts()``, with its ``checkpoints - 1`` earlier epochs (see :func:`checkpoint_epochs`)."""
     if cfg.base_model != "tiny":
         path = Path(cfg.base_model).expanduser()
-        model_hash = model_dir_hash(path)
-        kind = "local"
-    else:
-        path = models_root / tiny_model_key(cfg, data_tag)
-        if not (path / "config.json").is_file():
-            train_tiny_decoder(texts(), cfg, path)
-        model_hash = model_dir_hash(path)
-        kind = "tiny"
-    return BaseModelInfo(path=path, model_hash=model_hash, kind=kind, n_params=_count_params(path))
+        return BaseModelInfo(path=path, model_hash=model_dir_hash(path), kind="local", n_params=_count_params(path))
+    path = models_root / tiny_model_key(cfg, data_tag)
+    wanted = [e for e in checkpoint_epochs(cfg.epochs, checkpoints) if e < cfg.epochs]
+    folders = [epochs_folder(path) / f"epoch-{e}" for e in wanted]
+    if not (path / "config.json").is_file() or not all((f / "config.json").is_file() for f in folders):
+        train_tiny_decoder(texts(), cfg, path, keep_epochs=wanted)
+    return BaseModelInfo(path=path, model_hash=model_dir_hash(path), kind="tiny", n_params=_count_params(path), epochs=tuple(folders))
 
 
 def _count_params(path: Path) -> int:

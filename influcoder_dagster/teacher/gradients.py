@@ -11,7 +11,7 @@ are masked out of both the loss and the inputs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tqdm.auto import tqdm
 
@@ -48,6 +48,15 @@ def projection_for(model: PreTrainedModel, kind: str, dim: int, seed: int, norma
     return plan_projection(kind, dim, seed, trackable_modules(model, lora_only=lora_only), normalize_modules)
 
 
+class RowExtractor(Protocol):
+    """What turns samples into store rows: one model's :class:`GradientExtractor`, or several checkpoints'."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def batch(self, samples: Sequence[Encoded]) -> torch.Tensor: ...
+
+
 class GradientExtractor:
     """Projected per-sample gradients for batches of :class:`Encoded` samples."""
 
@@ -74,6 +83,10 @@ class GradientExtractor:
         self._inputs: dict[str, list[torch.Tensor]] = {}
         self._outputs: dict[str, list[torch.Tensor]] = {}
         self._mask: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
 
     def _hook(self, name: str) -> Callable:
         def forward_hook(module, args, output):  # noqa: ANN001 - torch hook signature
@@ -136,12 +149,12 @@ class GradientExtractor:
 
 
 def compute_gradients(
-    extractor: GradientExtractor, samples: Sequence[Encoded], batch_size: int, progress: bool = False, desc: str = "gradients"
+    extractor: RowExtractor, samples: Sequence[Encoded], batch_size: int, progress: bool = False, desc: str = "gradients"
 ) -> torch.Tensor:
     """All samples' projected gradients, in input order (float32)."""
     import torch
 
-    out = torch.zeros(len(samples), extractor.spec.dim)
+    out = torch.zeros(len(samples), extractor.dim)
     batches = list(length_sorted_batches([len(s.input_ids) for s in samples], batch_size))
     for idx in tqdm(batches, desc=desc, disable=not progress):
         out[idx] = extractor.batch([samples[i] for i in idx])

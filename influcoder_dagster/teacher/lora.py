@@ -42,11 +42,22 @@ class LoraRecipe:
     batch_size: int
     max_length: int
     seed: int
+    snapshots: tuple[int, ...] = ()  # earlier steps whose adapters (and Adam state) are kept as teacher checkpoints
 
     @classmethod
-    def from_config(cls, projection: ProjectionConfig, max_length: int) -> LoraRecipe:
+    def from_config(cls, projection: ProjectionConfig, max_length: int, snapshots: bool = False) -> LoraRecipe:
+        """The configured recipe; with ``snapshots``, ``projection.checkpoints - 1`` earlier steps, evenly spaced."""
         p = projection
-        return cls(p.lora_rank, p.lora_warmup_steps, p.lora_lr, p.batch_size, max_length, p.seed)
+        c = p.checkpoints if snapshots else 1
+        steps = tuple(sorted({round(p.lora_warmup_steps * i / c) for i in range(1, c)} - {0}))
+        return cls(p.lora_rank, p.lora_warmup_steps, p.lora_lr, p.batch_size, max_length, p.seed, steps)
+
+
+SNAPSHOTS = "snapshots"  # inside an adapter folder: step-<n>/ for each of the recipe's snapshot steps
+
+
+def snapshot_folders(adapter_dir: Path, recipe: LoraRecipe) -> list[Path]:
+    return [adapter_dir / SNAPSHOTS / f"step-{s}" for s in recipe.snapshots]
 
 
 def is_lora_module(name: str) -> bool:
@@ -65,9 +76,9 @@ def add_adapters(model: PreTrainedModel, rank: int) -> Any:
 def warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], recipe: LoraRecipe,
             out_dir: Path, progress: bool = True) -> Path:
     """Train fresh adapters on ``model`` for ``recipe.steps`` AdamW steps on ``texts``; save the
-    adapters and the optimizer's moments to ``out_dir`` (atomically)."""
+    adapters and the optimizer's moments to ``out_dir`` (atomically), and the same at each of
+    ``recipe.snapshots`` under ``out_dir/snapshots/step-<n>``."""
     import torch
-    from safetensors.torch import save_file
 
     torch.manual_seed(recipe.seed)
     peft_model = add_adapters(model, recipe.rank)
@@ -78,8 +89,8 @@ def warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: l
         raise ValueError("no text of at least 2 tokens to warm the LoRA adapters up on")
     gen = torch.Generator().manual_seed(recipe.seed)
     peft_model.train()
-    with tqdm(total=recipe.steps, desc="LoRA warm-up", disable=not progress) as bar:
-        for _ in range(recipe.steps):
+    with atomic_dir(out_dir) as tmp, tqdm(total=recipe.steps, desc="LoRA warm-up", disable=not progress) as bar:
+        for step in range(1, recipe.steps + 1):
             pick = torch.randint(0, len(enc), (recipe.batch_size,), generator=gen).tolist()
             ids, mask = pad_batch([enc[i] for i in pick], tokenizer.pad_token_id)
             loss = peft_model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
@@ -88,18 +99,27 @@ def warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: l
             opt.zero_grad()
             bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update()
-    peft_model.eval()
+            if step in recipe.snapshots:
+                _save_adapters(peft_model, opt, params, tmp / SNAPSHOTS / f"step-{step}")
+        peft_model.eval()
+        _save_adapters(peft_model, opt, params, tmp)
+    return out_dir
+
+
+def _save_adapters(peft_model: Any, opt: Any, params: dict[str, Any], folder: Path) -> None:
+    """peft's adapter files and the optimizer's moments per LoRA module, as they are now."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
     state = {}
     for name, p in params.items():
         module = name.removesuffix(".weight")
         moments = opt.state[p]
         state[f"{module}.exp_avg"] = moments["exp_avg"].contiguous()
         state[f"{module}.exp_avg_sq"] = moments["exp_avg_sq"].contiguous()
-    with atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(str(tmp))
-        _canonical_config(tmp / "adapter_config.json")
-        save_file(state, str(tmp / ADAM_STATE))
-    return out_dir
+    peft_model.save_pretrained(str(folder))
+    _canonical_config(folder / "adapter_config.json")
+    save_file(state, str(folder / ADAM_STATE))
 
 
 def _canonical_config(path: Path) -> None:

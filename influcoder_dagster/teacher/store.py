@@ -127,13 +127,14 @@ class GradientStore:
         self.manifest = manifest
 
     @classmethod
-    def create(cls, base: Path, projection: dict[str, Any], model_hash: str, **provenance: Any) -> GradientStore:
-        """Open the store for (model, projection) under ``base``, creating it if new."""
+    def create(cls, base: Path, projection: dict[str, Any], model_hash: str, dim: int | None = None, **provenance: Any) -> GradientStore:
+        """Open the store for (model, projection) under ``base``, creating it if new; rows have ``dim``
+        columns (default the projection's: one checkpoint)."""
         root = base / store_key(model_hash, projection, provenance.get("requested"))
         root.mkdir(parents=True, exist_ok=True)
         if (root / MANIFEST).exists():
             return cls(root, read_json(root / MANIFEST))
-        store = cls(root, {"format": 1, "dtype": "float16", "layout": "row-major", "dim": projection["dim"],
+        store = cls(root, {"format": 1, "dtype": "float16", "layout": "row-major", "dim": dim or projection["dim"],
                            "projection": projection, "base_model_hash": model_hash, "shards": {}, **provenance})
         store.save()
         return store
@@ -274,8 +275,8 @@ class GradientStore:
 
 def requested_projection(cfg: Config) -> dict[str, Any]:
     """The projection settings that decide the store's rows (batch size and where it runs do not;
-    the LoRA recipe is in the model hash)."""
-    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process", "lora_rank", "lora_warmup_steps", "lora_lr"})
+    the LoRA recipe and the checkpoints are in the model hash)."""
+    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process", "lora_rank", "lora_warmup_steps", "lora_lr", "checkpoints"})
 
 
 def open_store(paths: Paths) -> GradientStore:

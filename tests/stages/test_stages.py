@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from influcoder_dagster.core.config import Config
+from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.queries import read_queries
 from influcoder_dagster.stages.base_model import run_base_model
 from influcoder_dagster.stages.corpus import run_all_shards
@@ -64,8 +65,9 @@ def test_queries_may_hold_a_line_separator_inside_a_string(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("anchor_gradients", ["stored", "plain"])
-def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned_pool_gradients(tmp_path, local_lm, anchor_gradients):
+@pytest.mark.parametrize(("anchor_gradients", "checkpoints"), [("stored", 1), ("plain", 1), ("stored", 2)])
+def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned_pool_gradients(tmp_path, local_lm, anchor_gradients,
+                                                                                                checkpoints):
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.stages.rankings import run_influence_rankings
 
@@ -76,8 +78,8 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     cfg = Config.model_validate({
         "home": str(tmp_path / "home"), "dataset": {"path": str(data), "queries_path": str(queries)},
         "model": {"base_model": str(local_lm), "max_length": 32},
-        "projection": {"dim": 256, "kind": "countsketch", "target": "lora", "lora_rank": 4, "lora_warmup_steps": 5,
-                       "adam_precondition": True},
+        "projection": {"dim": 256, "kind": "countsketch", "target": "lora", "lora_rank": 4, "lora_warmup_steps": 6,
+                       "adam_precondition": True, "checkpoints": checkpoints},
         "rankings": {"anchor_fraction": 0.25, "top_k": 8, "n_bottom": 4, "n_random": 6, "eval_pool_size": 10,
                      "anchor_gradients": anchor_gradients},
     })
@@ -86,6 +88,9 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     teacher = run_all_shards(cfg, progress=False)
     store = open_store(Paths(cfg.home_path))
     assert teacher.metadata["gradient_rows"] == 40 and store.manifest["base_model_hash"] == base.data_version
+    # A local model's checkpoints are steps of its LoRA warm-up (here 3 and 6), each with its own Adam state.
+    assert [c["adapter"].rsplit("/", 2)[-2:] for c in base.metadata["checkpoints"]][:-1] == [["snapshots", "step-3"]][: checkpoints - 1]
+    assert store.dim == 256 * checkpoints
     assert all(".lora_" in m["name"] for m in store.manifest["projection"]["modules"])
     rankings = run_influence_rankings(cfg, progress=False)
     assert rankings.metadata["score_rows_written"] > 0
@@ -93,20 +98,20 @@ def test_the_teacher_attributes_warmed_up_lora_adapters_with_adam_preconditioned
     # The store's rows and the noise ceiling's second-seed rows come from the same (Adam) extractor.
     from influcoder_dagster.data.tokenized import read_corpus
     from influcoder_dagster.data.tokens import Encoded
-    from influcoder_dagster.teacher.decoder import load_decoder
-    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
+    from influcoder_dagster.teacher.checkpoints import checkpoint_extractor, load_checkpoint_decoders
+    from influcoder_dagster.teacher.gradients import compute_gradients
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.rankings_db import connect_readonly
     from influcoder_dagster.teacher.scoring import full_scores
 
-    model, tokenizer = load_decoder(base.metadata["path"], base.metadata["adapter"])
+    decoders = load_checkpoint_decoders(base.metadata)
+    model, tokenizer, _ = decoders[-1]
     spec = ProjectionSpec.from_json(store.manifest["projection"])
     corpus = read_corpus(Paths(cfg.home_path).corpus)
     seqs = dict(zip(corpus.column("sample_id").to_pylist(), corpus.column("input_ids").to_pylist(), strict=True))
 
     def rows(spec_, ids, plain=False):
-        extractor = (GradientExtractor(model, spec_, tokenizer.pad_token_id) if plain
-                     else pool_extractor(model, tokenizer, spec_, base.metadata, cfg))
+        extractor = checkpoint_extractor(decoders, spec_) if plain else pool_extractor(decoders, spec_, cfg)
         return compute_gradients(extractor, [Encoded(seqs[i]) for i in ids], 8).numpy()
 
     some = list(seqs)[:6]
@@ -162,3 +167,20 @@ def test_every_quarantine_reason_is_counted_from_the_file_to_the_rankings_databa
                           "duplicate of line 1": 1, "empty 'text'": 1, "field 'text' is null": 1,
                           "invalid Unicode in 'text'": 1, "malformed CSV": 1, "malformed JSON": 1,
                           "missing field 'text'": 1, "unclosed quote": 1}
+
+
+def test_a_tiny_decoders_checkpoints_are_its_earlier_epochs_each_with_its_own_warmed_up_adapters(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"sample number {i} talks about topic {i % 7}."}) + "\n" for i in range(40)))
+    cfg = Config.model_validate({
+        "home": str(tmp_path / "home"), "dataset": {"path": str(data)},
+        "model": {"epochs": 4, "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 300, "max_length": 32},
+        "projection": {"dim": 64, "lora_rank": 2, "lora_warmup_steps": 3, "checkpoints": 3},
+    })
+    base = run_base_model(cfg)
+    checkpoints = base.metadata["checkpoints"]
+    assert [c["path"].rsplit("/", 1)[-1] for c in checkpoints[:-1]] == ["epoch-1", "epoch-2"]  # then the final decoder
+    assert len({c["adapter"] for c in checkpoints}) == 3
+    shards = run_all_shards(cfg, progress=False)
+    assert open_store(Paths(cfg.home_path)).dim == 3 * 64 and shards.metadata["gradient_rows"] == 40
+    assert run_base_model(cfg).data_version == base.data_version  # reused, not retrained
