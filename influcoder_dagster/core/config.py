@@ -70,7 +70,8 @@ class ProjectionConfig(_Section):
     checkpoints: int = Field(3, ge=1, le=16, description="training states whose gradients make a store row (each dim wide), their "
                              "cosines averaged as in LESS: the tiny decoder's epochs, geometrically spaced (8 epochs, 3 "
                              "checkpoints: 2, 4, 8), each with its own LoRA warm-up; for a local model, evenly spaced steps "
-                             "of the LoRA warm-up (target = 'lora' only). Store size and extraction time grow with it")
+                             "of the LoRA warm-up (a local model with target = 'weights' has one state). Store size and "
+                             "extraction time grow with it")
 
     @model_validator(mode="after")
     def _adam_needs_lora_sketch(self) -> ProjectionConfig:

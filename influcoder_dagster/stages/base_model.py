@@ -8,7 +8,6 @@ from typing import Any
 
 from influcoder_dagster.core.atomic import dir_size
 from influcoder_dagster.core.config import Config
-from influcoder_dagster.core.errors import ConfigError
 from influcoder_dagster.core.hashing import short_hash
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.dataset import all_texts, read_dataset
@@ -19,11 +18,18 @@ from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash, res
 from influcoder_dagster.teacher.lora import LoraRecipe, snapshot_folders, warm_up
 
 
+def checkpoint_count(cfg: Config) -> int:
+    """``projection.checkpoints``, or 1 where there is no history to take states from: a local model
+    whose full weights the teacher attributes (no warm-up runs)."""
+    has_history = cfg.model.base_model == "tiny" or cfg.projection.target == "lora"
+    return cfg.projection.checkpoints if has_history else 1
+
+
 def teacher_recipe(cfg: Config) -> dict[str, Any]:
     """What the base model stage trains for the teacher beside the decoder: its checkpoints and LoRA warm-up."""
     p = cfg.projection
     lora = p.model_dump(include={"lora_rank", "lora_warmup_steps", "lora_lr", "seed"}) if p.target == "lora" else {}
-    return {"target": p.target, "checkpoints": p.checkpoints, **lora}
+    return {"target": p.target, "checkpoints": checkpoint_count(cfg), **lora}
 
 
 def base_model_version(cfg: Config) -> str:
@@ -45,10 +51,7 @@ def run_base_model(cfg: Config) -> StageResult:
         path, _ = dataset_files(cfg)
         return all_texts(read_dataset(path, cfg.dataset))
 
-    info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg), p.checkpoints)
-    if p.checkpoints > 1 and info.kind == "local" and p.target != "lora":
-        raise ConfigError(f"projection.checkpoints = {p.checkpoints}: a local model has no training history to take checkpoints "
-                          "from; set projection.target = 'lora' (its warm-up's steps are the checkpoints) or checkpoints = 1")
+    info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg), checkpoint_count(cfg))
     checkpoints = [{"path": str(path), "adapter": None, "model_hash": model_dir_hash(path)} for path in [*info.epochs, info.path]]
     if p.target == "lora":
         checkpoints = _warm_adapters(cfg, checkpoints, texts, paths, snapshots=info.kind == "local")

@@ -8,8 +8,8 @@ training checkpoints).
 A store row here is one block per checkpoint, each unit-normalized and scaled by ``1/sqrt(C)``.
 The dot product of two such rows is then the mean of the C cosines, and every row has norm 1, so
 the store, the rankings' cosine, the sketch and the index use it unchanged. With one checkpoint
-the row is the plain projected gradient. LESS weights each checkpoint by its learning rate; on two
-real planted corpora equal weights found more planted samples (docs/results.md), so they are equal.
+the row is the plain projected gradient. LESS weights each checkpoint by its learning rate; under
+the tiny decoder's one-cycle schedule that all but drops the final state, so the weights are equal.
 """
 
 from __future__ import annotations
