@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.planted import PER_BEHAVIOUR, PROBES, K, planted_rows, real_passages  # noqa: E402
+from benchmarks.planted import PER_BEHAVIOUR, PROBES, K, append_run, planted_rows, provenance, real_passages  # noqa: E402
 
 EPOCHS = (1, 2, 4, 8)
 SUBSETS = [(1, 2, 4, 8), (2, 4, 8), (1, 2, 4), (4, 8), (8,)]
@@ -108,12 +107,10 @@ def main() -> None:
         out["sums"][variant] = {f"{'+'.join(map(str, s))} {w}": recall(sum((lrs[e] if w == 'lr' else 1.0) * cos[e] for e in s))
                                 for s in SUBSETS for w in ("equal", "lr")}
         print(variant, json.dumps(out["per_checkpoint"][variant]), json.dumps(out["sums"][variant]), flush=True)
-    out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    out["command"] = " ".join(["benchmarks/checkpoints.py", *sys.argv[1:]])
+    out.update(provenance("benchmarks/checkpoints.py"))
     print(json.dumps(out, indent=1))
     if args.json:
-        previous = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.write_text(json.dumps([*previous, out], indent=1))
+        append_run(args.json, out)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,19 @@ def baseline_recall(texts: list[str], planted: list[dict[str, str]]) -> dict[str
             for name, found in (("bm25", docs), ("untrained_minilm", top))}
 
 
+def provenance(script: str) -> dict[str, Any]:
+    """The commit a run measured, whether tracked files differed from it, and the command."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout  # noqa: E731
+    return {"commit": git("rev-parse", "HEAD").strip(), "working_tree_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "command": " ".join([script, *sys.argv[1:]])}
+
+
+def append_run(path: Path, result: dict[str, Any]) -> None:
+    """Add one run to the JSON list at ``path`` (created if missing)."""
+    previous = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([*previous, result], indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True)
@@ -188,10 +201,7 @@ def main() -> None:
     if not runs.success:
         sys.exit("\n".join(failure_messages(runs)))
     meta = materialization_metadata(runs)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout)
-    result = {"commit": commit, "working_tree_dirty": dirty, "command": " ".join(["benchmarks/planted.py", *sys.argv[1:]]),
-              "label": args.label, "overrides": args.overrides, "n_real": len(texts), "n_planted": 2 * PER_BEHAVIOUR,
+    result = {**provenance("benchmarks/planted.py"), "label": args.label, "overrides": args.overrides, "n_real": len(texts), "n_planted": 2 * PER_BEHAVIOUR,
               "corpus": str(args.corpus), "skip": args.skip, "short": args.short, "teacher": teacher_recall(cfg.home_path),
               "loss": behaviour_losses(cfg.home_path, cfg.model.max_length),
               "wall_s": round(time.perf_counter() - started, 1),
@@ -201,8 +211,7 @@ def main() -> None:
         result["baselines"] = baseline_recall(texts, planted_rows(texts))
     print(json.dumps(result, indent=1))
     if args.json:
-        runs_so_far = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.write_text(json.dumps([*runs_so_far, result], indent=1))
+        append_run(args.json, result)
 
 
 if __name__ == "__main__":

@@ -52,14 +52,15 @@ def run_base_model(cfg: Config) -> StageResult:
         return all_texts(read_dataset(path, cfg.dataset))
 
     info = resolve_base_model(cfg.model, texts, paths.models, data_tag(cfg), checkpoint_count(cfg))
-    checkpoints = [{"path": str(path), "adapter": None, "model_hash": model_dir_hash(path)} for path in [*info.epochs, info.path]]
+    states = [(path, model_dir_hash(path)) for path in info.epochs] + [(info.path, info.model_hash)]  # each folder hashed once
+    checkpoints = [{"path": str(path), "adapter": None, "model_hash": h} for path, h in states]
     if p.target == "lora":
         checkpoints = _warm_adapters(cfg, checkpoints, texts, paths, snapshots=info.kind == "local")
     final = checkpoints[-1]
     record: dict[str, Any] = {"path": str(info.path), "model_hash": final["model_hash"], "kind": info.kind, "n_params": info.n_params,
-                              "weights_hash": model_dir_hash(info.path), "adapter": final["adapter"]}
+                              "weights_hash": info.model_hash, "adapter": final["adapter"]}
     if p.target == "lora":
-        record.update(adapter_hash=model_dir_hash(final["adapter"]), lora_rank=p.lora_rank, lora_warmup_steps=p.lora_warmup_steps)
+        record.update(adapter_hash=final["adapter_hash"], lora_rank=p.lora_rank, lora_warmup_steps=p.lora_warmup_steps)
     if len(checkpoints) > 1:  # model_hash then names every state the rows come from
         record.update(checkpoints=checkpoints, model_hash=short_hash([c["model_hash"] for c in checkpoints]))
     write_base_model_record(paths, record)
@@ -79,5 +80,6 @@ def _warm_adapters(cfg: Config, checkpoints: list[dict[str, Any]], texts: Any, p
             model, tokenizer = load_decoder(c["path"])
             warm_up(model, tokenizer, texts(), recipe, folder)
         for adapter in [*snapshot_folders(folder, recipe), folder]:
-            out.append({**c, "adapter": str(adapter), "model_hash": short_hash(c["model_hash"], model_dir_hash(adapter))})
+            adapter_hash = model_dir_hash(adapter)
+            out.append({**c, "adapter": str(adapter), "adapter_hash": adapter_hash, "model_hash": short_hash(c["model_hash"], adapter_hash)})
     return out
