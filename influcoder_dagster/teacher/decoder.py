@@ -133,14 +133,16 @@ def epochs_folder(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.epochs"
 
 
-def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progress: bool = True, keep_epochs: Sequence[int] = ()) -> Path:
+def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progress: bool = True, keep_epochs: Sequence[int] = (),
+                       tokenizer: Any = None) -> Path:
     """Train a small GPT-2 on ``texts`` and save it with its tokenizer (safetensors) to ``out_dir``; the
-    states after ``keep_epochs`` (other than the last) go to :func:`epochs_folder`."""
+    states after ``keep_epochs`` (other than the last) go to :func:`epochs_folder`. ``tokenizer``
+    (default: one trained on ``texts``) lets retrains on subsets share one vocabulary."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
-    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(texts, cfg.vocab_size)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=cfg.max_length,

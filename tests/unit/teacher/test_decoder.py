@@ -21,6 +21,16 @@ def test_tiny_decoder_trains_saves_reloads_and_hashes_by_content(tmp_path):
     assert model_dir_hash(path) != h
 
 
+@pytest.mark.slow
+def test_a_retrain_on_a_subset_keeps_the_given_tokenizer(tmp_path):
+    cfg = ModelConfig(vocab_size=300, n_layer=1, n_embd=32, n_head=2, epochs=1, max_length=32)
+    _, full = load_decoder(train_tiny_decoder(TEXTS, cfg, tmp_path / "full", progress=False))
+    _, subset = load_decoder(train_tiny_decoder(TEXTS[:5], cfg, tmp_path / "subset", progress=False, tokenizer=full))
+    _, own = load_decoder(train_tiny_decoder(TEXTS[:5], cfg, tmp_path / "own", progress=False))
+    assert subset.get_vocab() == full.get_vocab()
+    assert own.get_vocab() != full.get_vocab()  # without it, a subset trains a vocabulary of its own
+
+
 def test_loss_tokens_start_with_bos_and_after_the_prompt(tiny_lm):
     _, tok = tiny_lm
     whole, prompted = tokenize_for_loss(tok, ["sample number 3 talks", "sample number 3 talks"], 64, [None, "sample number"])
