@@ -325,7 +325,7 @@ def main() -> None:
     print(f"retrains done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     names = args.methods or ["teacher", "teacher_fisher", "student", "rerank", "bm25", "untrained_minilm", "random",
-                             *(f"peer:{p}" for p in PEERS)]
+                             *(f"peer:{p}" for p in PEERS), *VARIANTS]
     methods: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
