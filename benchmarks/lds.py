@@ -196,7 +196,7 @@ def peer_scores(name: str, home: Path, corpus: list[str], texts: list[str], dim:
     peer = importlib.import_module(f"benchmarks.peers.{name}")
     model, tok = load_decoder(base_model_record(Paths(home))["path"])
     enc = tokenize_for_loss(tok, corpus + texts, 128)
-    grads = peer.extract(model, tok, enc, dim, 64)
+    grads = peer.prepare(model, tok, dim)(enc, 64)
     return full_scores(grads[len(corpus):], grads[: len(corpus)])
 
 
@@ -295,7 +295,7 @@ def main() -> None:
     from influcoder_dagster.teacher.store import open_store
 
     quiet_libraries()
-    started = time.perf_counter()
+    started, measured = time.perf_counter(), provenance("benchmarks/lds.py")
     real = real_passages(args.corpus, args.n + args.queries, short=True)
     rows = [{"text": t, "behaviour": ""} for t in real[: args.n]] + planted_behaviour(real[: args.n])
     rows = [{**r, "i": i} for i, r in enumerate(rows)]
@@ -344,7 +344,7 @@ def main() -> None:
                          "seconds": round(seconds, 1)}
         print(name, json.dumps(methods[name]), flush=True)
 
-    result = {**provenance("benchmarks/lds.py"), "subsets": args.subsets, "fraction": args.fraction, "n_train": len(rows),
+    result = {**measured, "subsets": args.subsets, "fraction": args.fraction, "n_train": len(rows),
               "n_real": args.n, "n_queries": len(queries), "retraining": "tiny decoder from scratch, default recipe, one seed",
               "pipeline_s": pipeline_s, "methods": methods, "planted": planted_summary(),
               "removal": {"k": int(planted.sum()), "behaviour_loss_full": round(behaviour(full), 3), "behaviour_loss_clean": round(behaviour(clean), 3),

@@ -1,41 +1,50 @@
-"""Per-sample gradient extraction throughput: ours vs a plain training step vs a naive per-sample loop.
+"""Per-sample gradient extraction: fidelity against throughput, ours and the peers, over a sweep of dims.
 
-    python benchmarks/teacher.py [--home influcoder_home] [--n 256] [--dim 2048] [--json PATH]
+    python benchmarks/teacher.py [--model DIR] [--home HOME] [--n 256] [--dims 512 2048 8192] [--peers ...] [--json PATH]
 
-Same model (the demo's base model with --home, else a 4-layer GPT-2 built here), same texts, same
-parameter set (the weights of every Linear/Conv1D but the LM head) and the same projection dim:
+**Full weights, every method at each dim.** One model (``--model``, a Hugging Face causal-LM folder,
+or by default a random-init 4-layer GPT-2 built here), the same texts and the same parameters (the
+weights of every Linear/Conv1D but the LM head):
 
-* ``ours``: hook-based batched extraction with the LoGra two-sided projection (what the
-  ``projected_gradients`` asset runs);
-* ``train_step``: forward + backward of a batch with weight gradients, no per-sample work — the
-  physical limit;
-* ``per_sample_loop``: batch size 1, full weight gradients, then the same projection.
+* ``ours:countsketch`` (the default projection kind) and ``ours:logra``: the engine's hook-based
+  batched extraction;
+* the peers TRAK, LogIX, Kronfluence and dattri (``benchmarks/peers/``, installed with
+  ``bash benchmarks/peers/install.sh``), each projecting the same gradients its own way. Every
+  method's projection (matrices, hooks, adapters) is built before the timer starts;
+* ``train_step``: forward + backward of a batch with weight gradients, no per-sample work (the
+  physical limit), and ``per_sample_loop`` (batch size 1, full gradients, then the projection).
 
-* the peers TRAK, LogIX, Kronfluence and dattri (``benchmarks/peers/``), each extracting the same
-  samples' projected gradients its own way at about the same dim; install them first with
-  ``bash benchmarks/peers/install.sh`` (into ``benchmarks/.peers``, not the project's environment);
-  a peer that fails gets a row saying why.
+**The default teacher** (``--home``: a storage root with the default teacher's base model). What
+the ``projected_gradients`` asset stores: LoRA adapters on each of the base model's checkpoints, the
+pool rows in each warm-up's Adam direction, CountSketch at each dim per checkpoint, blocks
+normalized and concatenated; user queries take plain gradients. Its exact counterpart is the same
+extraction with the sketch left out.
 
-``spearman`` is the mean per-query Spearman of each method's cosine scores against the exact
-(unprojected) gradient cosine on a subset. Every method runs in its own process for its peak RSS.
+Fidelity (``spearman``) is the mean per-query Spearman of a method's cosines against the exact ones,
+16 queries against 48 samples. Samples/s counts the extraction only; every method runs in its own
+process, so each peak RSS is its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.planted import provenance  # noqa: E402
 from benchmarks.rankings import peak_rss_mb, run_in_process  # noqa: E402
 
+N_QUERIES, N_EXACT = 16, 48
 
-def load(home: str | None, model_dir: str | None = None):
+
+def load(model_dir: str | None):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -45,11 +54,6 @@ def load(home: str | None, model_dir: str | None = None):
     texts = docstring_passages(400)
     if model_dir:
         return (*load_decoder(model_dir), texts)
-    if home:
-        from influcoder_dagster.core.paths import Paths
-        from influcoder_dagster.teacher.base_model import base_model_record
-
-        return (*load_decoder(base_model_record(Paths(Path(home)))["path"]), texts)
     tok = train_tokenizer(texts, 2048)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=256, n_layer=4, n_head=4,
@@ -57,121 +61,163 @@ def load(home: str | None, model_dir: str | None = None):
     return model.eval(), tok, texts
 
 
-def exact_and_projected(model, projector, enc, names, with_exact: bool):
-    """Plain autograd, one sample at a time: full gradients, then the projection."""
+def per_sample_rows(model, enc, names, project=lambda name, g: g.flatten()) -> np.ndarray:
+    """Plain autograd, one sample at a time: each tracked weight's full (d_out, d_in) gradient,
+    through ``project`` (default: none, the exact gradient)."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
     modules = dict(model.named_modules())
     for p in model.parameters():
         p.requires_grad_(True)
-    exact, projected = [], []
+    rows = []
     for e in enc:
         model.zero_grad(set_to_none=True)
         ids = torch.tensor([e.input_ids])
         model(input_ids=ids, labels=ids).loss.backward()
-        grads = [(modules[n].weight.grad.T if isinstance(modules[n], Conv1D) else modules[n].weight.grad) for n in names]
-        projected.append(torch.cat([projector.project_full(n, g) for n, g in zip(names, grads, strict=True)]))
-        if with_exact:
-            exact.append(torch.cat([g.flatten() for g in grads]))
-    return (torch.stack(exact).numpy() if with_exact else None), torch.stack(projected).numpy()
+        rows.append(torch.cat([project(n, modules[n].weight.grad.T if isinstance(modules[n], Conv1D) else modules[n].weight.grad)
+                               for n in names]))
+    return torch.stack(rows).numpy()
 
 
-def method(name: str, home: str | None, model_dir: str | None, n: int, dim: int, out: mp.Queue) -> None:
+def fidelity(truth: np.ndarray, grads: np.ndarray) -> float:
+    """Mean per-query Spearman of ``grads``' cosines (first 16 against the first 48) against ``truth``'s."""
+    from influcoder_dagster.student.metrics import per_query_spearman
+
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    t, g = unit(truth[:N_EXACT]), unit(grads[:N_EXACT])
+    return round(float(per_query_spearman(t[:N_QUERIES] @ t.T, g[:N_QUERIES] @ g.T).mean()), 4)
+
+
+def weights_method(name: str, model_dir: str | None, n: int, dim: int, out: Any) -> None:
     try:
-        out.put(_method(name, home, model_dir, n, dim))
+        out.put(_weights_method(name, model_dir, n, dim))
     except Exception as exc:  # a peer that breaks gets a row saying why, not a dead benchmark
         out.put({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"})
 
 
-def _method(name: str, home: str | None, model_dir: str | None, n: int, dim: int) -> dict:
+def _weights_method(name: str, model_dir: str | None, n: int, dim: int) -> dict:
     import importlib
 
     from benchmarks import peers
     from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch, tokenize_for_loss
     from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for
 
-    model, tok, texts = load(home, model_dir)
+    model, tok, texts = load(model_dir)
     enc = tokenize_for_loss(tok, texts[:n], 128)
-    if name.startswith("ours@"):  # ours at another dim: the comparison at equal fidelity
-        name, dim = "ours", int(name.split("@")[1])
-    spec = projection_for(model, "logra", dim, seed=0)
-    start = time.perf_counter()
-    if name == "ours":
-        grads = compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), enc, 16).numpy()
+    if name.startswith("ours:"):
+        spec = projection_for(model, name.split(":")[1], dim, seed=0)
+        extract = lambda e, b: compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), e, b).numpy()  # noqa: E731
     elif name == "train_step":
-        model.zero_grad()
-        for batch in length_sorted_batches([len(e.input_ids) for e in enc], 16):
-            ids, mask = pad_batch([enc[i].input_ids for i in batch], tok.pad_token_id)
-            model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
-        grads = None
+        def extract(e, b):
+            model.zero_grad()
+            for batch in length_sorted_batches([len(x.input_ids) for x in e], b):
+                ids, mask = pad_batch([e[i].input_ids for i in batch], tok.pad_token_id)
+                model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
     elif name == "per_sample_loop":
         from influcoder_dagster.teacher.projection import Projector
 
-        _, grads = exact_and_projected(model, Projector(spec), enc, [m.name for m in spec.modules], with_exact=False)
+        spec = projection_for(model, "countsketch", dim, seed=0)
+        projector = Projector(spec)
+        extract = lambda e, b: per_sample_rows(model, e, [m.name for m in spec.modules], projector.project_full)  # noqa: E731
     else:
         peers.enable()
-        peer = importlib.import_module(f"benchmarks.peers.{name}")
-        start = time.perf_counter()  # the peer library's import is not part of its throughput
-        grads = peer.extract(model, tok, enc, spec.dim, 16)
+        extract = importlib.import_module(f"benchmarks.peers.{name}").prepare(model, tok, dim)
+    start = time.perf_counter()
+    grads = extract(enc, 16)
     seconds = time.perf_counter() - start
-    result = {"samples_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
+    result = {"samples_per_s": round(n / seconds, 1), "peak_rss_mb": round(peak_rss_mb())}
     if grads is not None:
-        result["grads"] = np.asarray(grads[:48], dtype=np.float32)
+        result["grads"] = np.asarray(grads[:N_EXACT], dtype=np.float32)
+        result["dim"] = int(np.asarray(grads).shape[1])
     return result
+
+
+def default_teacher(home: str, n: int, dim: int, out: Any) -> None:
+    out.put(_default_teacher(home, n, dim))
+
+
+def _default_teacher(home: str, n: int, dim: int) -> dict:
+    """The store's rows for ``n`` of the home's samples at ``dim`` per checkpoint, timed, and their
+    fidelity against the same extraction without the sketch."""
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.data.tokens import length_sorted_batches, tokenize_for_loss
+    from influcoder_dagster.teacher.base_model import base_model_record
+    from influcoder_dagster.teacher.checkpoints import checkpoint_extractor, load_checkpoint_decoders
+    from influcoder_dagster.teacher.gradients import compute_gradients, projection_for
+    from influcoder_dagster.teacher.rankings_db import connect_readonly
+
+    decoders = load_checkpoint_decoders(base_model_record(Paths(Path(home))))
+    model, tok, _ = decoders[-1]
+    texts = [t for (t,) in connect_readonly(Path(home)).execute("SELECT text FROM samples ORDER BY sample_id LIMIT ?", [n]).fetchall()]
+    enc = tokenize_for_loss(tok, texts, 128)
+    spec = projection_for(model, "countsketch", dim, 0, lora_only=True)
+    pool, query = checkpoint_extractor(decoders, spec, adam=True), checkpoint_extractor(decoders, spec)
+    start = time.perf_counter()
+    rows = compute_gradients(pool, enc, 16).numpy()
+    seconds = time.perf_counter() - start
+    queries = compute_gradients(query, enc[:N_QUERIES], 16).numpy()
+
+    def exact(extractor, samples) -> np.ndarray:  # the same extraction with the sketch left out
+        for e in extractor.extractors:
+            e.projector.sketch = lambda name, flat: flat
+        out = [None] * len(samples)
+        for idx in length_sorted_batches([len(s.input_ids) for s in samples], 16):
+            for i, row in zip(idx, extractor.batch([samples[i] for i in idx]).numpy(), strict=True):
+                out[i] = row
+        return np.stack(out)
+
+    truth_rows, truth_queries = exact(pool, enc[:N_EXACT]), exact(query, enc[:N_QUERIES])
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    from influcoder_dagster.student.metrics import per_query_spearman
+
+    rho = per_query_spearman(unit(truth_queries) @ unit(truth_rows).T, unit(queries) @ unit(rows[:N_EXACT]).T).mean()
+    return {"samples_per_s": round(n / seconds, 1), "spearman": round(float(rho), 4), "dim": int(rows.shape[1]),
+            "exact_dim": int(truth_rows.shape[1]), "checkpoints": len(decoders), "peak_rss_mb": round(peak_rss_mb())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", help="use the base model of this storage root (after `influcoder demo`)")
-    parser.add_argument("--model", help="a Hugging Face causal-LM folder (e.g. from `influcoder import-gguf`)")
+    parser.add_argument("--model", help="a Hugging Face causal-LM folder for the full-weight rows (default: a random 4-layer GPT-2)")
+    parser.add_argument("--home", help="a storage root with the default teacher's base model, for its rows")
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--dims", nargs="*", type=int, default=[512, 2048, 8192])
     parser.add_argument("--peers", nargs="*", help="which peers to run (default: all)")
-    parser.add_argument("--ours-dims", nargs="*", type=int, default=[], help="extra rows of ours at these dims (to match a peer's fidelity)")
-    parser.add_argument("--json")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-
-    from influcoder_dagster.data.tokens import tokenize_for_loss
-    from influcoder_dagster.student.metrics import per_query_spearman
-    from influcoder_dagster.teacher.gradients import projection_for
-    from influcoder_dagster.teacher.projection import Projector
-
-    model, tok, texts = load(args.home, args.model)
-    spec = projection_for(model, "logra", args.dim, seed=0)
-    n_params = sum(m.d_in * m.d_out for m in spec.modules)
-    truth = None
-    n_exact = min(48, args.n)
-    if n_params * n_exact * 4 < 4 * 2**30:  # the exact gradients must fit in memory
-        exact, _ = exact_and_projected(model, Projector(spec), tokenize_for_loss(tok, texts[:n_exact], 128), [m.name for m in spec.modules], True)
-        unit = exact / np.linalg.norm(exact, axis=1, keepdims=True)
-        truth = unit[: min(16, n_exact)] @ unit.T
-    del model
+    if args.n < N_EXACT:
+        parser.error(f"--n must be at least {N_EXACT} (the samples fidelity is measured on)")
 
     from benchmarks.peers import NAMES
+    from influcoder_dagster.data.tokens import tokenize_for_loss
+    from influcoder_dagster.teacher.gradients import projection_for
 
-    rows = {name: run_in_process(method, name, args.home, args.model, args.n, args.dim)
-            for name in ("ours", *(f"ours@{d}" for d in args.ours_dims), "train_step", "per_sample_loop",
-                         *(NAMES if args.peers is None else args.peers))}
-    for r in rows.values():
-        grads = r.pop("grads", None)
-        if grads is not None and truth is not None:
-            gu = grads / np.linalg.norm(grads, axis=1, keepdims=True)
-            r["spearman"] = float(per_query_spearman(truth, gu[: len(truth)] @ gu[:n_exact].T).mean())
+    measured = provenance("benchmarks/teacher.py")
+    model, tok, texts = load(args.model)
+    names = [m.name for m in projection_for(model, "countsketch", 64, seed=0).modules]
+    truth = per_sample_rows(model, tokenize_for_loss(tok, texts[:N_EXACT], 128), names)
+    n_weights = truth.shape[1]
+    del model
+    rows: dict[str, dict] = {"train_step": run_in_process(weights_method, "train_step", args.model, args.n, args.dims[0])}
     limit = rows["train_step"]["samples_per_s"]
-    print(f"\n{args.n} samples, {len(spec.modules)} layers ({n_params:,} weights), projection dim {spec.dim}")
-    print(f"{'method':<18}{'samples/s':>12}{'vs train step':>15}{'spearman':>10}{'peak RSS MB':>13}")
-    for name, r in rows.items():
-        if "error" in r:
-            print(f"{name:<18}  {r['error']}")
-            continue
-        sp = f"{r['spearman']:.3f}" if "spearman" in r else "—"
-        print(f"{name:<18}{r['samples_per_s']:>12.1f}{r['samples_per_s'] / limit:>14.2f}x{sp:>10}{r['peak_rss_mb']:>13,.0f}")
+    for dim in args.dims:
+        for name in ("ours:countsketch", "ours:logra", *(args.peers if args.peers is not None else NAMES)):
+            r = run_in_process(weights_method, name, args.model, args.n, dim)
+            if "grads" in r:
+                r["spearman"] = fidelity(truth, r.pop("grads"))
+                r["vs_train_step"] = round(r["samples_per_s"] / limit, 2)
+            rows[f"{name}@{dim}"] = r
+            print(f"{name}@{dim}", json.dumps(r), flush=True)
+    loop = run_in_process(weights_method, "per_sample_loop", args.model, args.n, args.dims[0])
+    loop.pop("grads", None)
+    rows["per_sample_loop"] = {**loop, "vs_train_step": round(loop["samples_per_s"] / limit, 2)}
+    result = {**measured, "n": args.n, "tracked_weights": n_weights, "weights": rows}
+    if args.home:
+        result["default_teacher"] = {str(d): run_in_process(default_teacher, args.home, args.n, d) for d in args.dims}
+        print("default teacher", json.dumps(result["default_teacher"]), flush=True)
+    print(json.dumps(result, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps({"dim": spec.dim, "ours": rows["ours"], "train_step": {"samples_per_s": limit},
-                                               "per_sample_loop": rows["per_sample_loop"],
-                                               "ours_at_dim": {p.split("@")[1]: rows[p] for p in rows if p.startswith("ours@")},
-                                               "peers": {p: rows[p] for p in rows if p in NAMES}}, indent=2))
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

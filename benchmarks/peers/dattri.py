@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,9 @@ from benchmarks.peers.common import tracked_linear_names
 from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
-def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size: int) -> np.ndarray:
-    """``(len(encoded), dim)`` float32 dattri-projected per-sample gradients of the mean next-token loss."""
+def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+    """dattri's task, gradient function and projector; the returned ``extract(encoded, batch_size)``
+    gives ``(len(encoded), dim)`` float32 projected per-sample gradients of the mean next-token loss."""
     model.eval()
     wrt = {f"{name}.weight" for name in tracked_linear_names(model)}
     for name, p in model.named_parameters():
@@ -60,10 +62,13 @@ def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size
     projector = BasicProjector(grad_dim, dim, seed=0, proj_type=ProjectionType.normal, device=torch.device("cpu"),
                                block_size=math.ceil(dim / math.ceil(dim / block)))
 
-    out = np.zeros((len(encoded), dim), dtype=np.float32)
-    with torch.no_grad():  # torch.func.grad differentiates regardless; this only stops a stray graph
-        for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
-            ids, mask = pad_batch([encoded[i].input_ids for i in idx], tokenizer.pad_token_id)
-            grads = torch.nan_to_num(torch.cat(grad_fn(params, (ids, mask)), dim=1))
-            out[idx] = projector.project(grads, ensemble_id=0).numpy()
-    return out
+    def extract(encoded: list[Any], batch_size: int) -> np.ndarray:
+        out = np.zeros((len(encoded), dim), dtype=np.float32)
+        with torch.no_grad():  # torch.func.grad differentiates regardless; this only stops a stray graph
+            for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
+                ids, mask = pad_batch([encoded[i].input_ids for i in idx], tokenizer.pad_token_id)
+                grads = torch.nan_to_num(torch.cat(grad_fn(params, (ids, mask)), dim=1))
+                out[idx] = projector.project(grads, ensemble_id=0).numpy()
+        return out
+
+    return extract

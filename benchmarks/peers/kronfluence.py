@@ -26,6 +26,7 @@ plus that sketch; nothing is written to disk (no ``Analyzer``, so no output dire
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,10 @@ class SketchedCausalLMTask(Task):
         return left.T @ gradient[..., : right.shape[0]] @ right  # (B, out, in[+1]) -> (B, a, b)
 
 
-def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size: int) -> np.ndarray:
-    """``(len(encoded), ~dim)`` float32 Kronecker-sketched per-sample gradients from Kronfluence."""
+def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+    """Kronfluence's prepared model (tracked Linears, identity factors, the sketch task); the returned
+    ``extract(encoded, batch_size)`` gives ``(len(encoded), ~dim)`` float32 Kronecker-sketched
+    per-sample gradients."""
     names = tracked_linear_names(model)
     model = conv1d_to_linear(model.eval())
     modules = dict(model.named_modules())
@@ -97,23 +100,25 @@ def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size
     model = prepare_model(model, task)
     update_factor_args(model, FactorArguments(strategy="identity"))
     update_score_args(model, ScoreArguments(query_gradient_low_rank=None))
-    set_mode(model, ModuleMode.PRECONDITION_GRADIENT, names, release_memory=True)
-    prepare_modules(model, names, torch.device("cpu"))
 
-    order: list[int] = []
-    for batch in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
-        ids, mask = pad_batch([encoded[i].input_ids for i in batch], tokenizer.pad_token_id)
-        model.zero_grad(set_to_none=True)
-        task.compute_measurement((ids, mask), model).backward()
-        accumulate_iterations(model, names)
-        order.extend(batch)
+    def extract(encoded: list[Any], batch_size: int) -> np.ndarray:
+        set_mode(model, ModuleMode.PRECONDITION_GRADIENT, names, release_memory=True)
+        prepare_modules(model, names, torch.device("cpu"))
+        order: list[int] = []
+        for batch in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
+            ids, mask = pad_batch([encoded[i].input_ids for i in batch], tokenizer.pad_token_id)
+            model.zero_grad(set_to_none=True)
+            task.compute_measurement((ids, mask), model).backward()
+            accumulate_iterations(model, names)
+            order.extend(batch)
+        tracked = {m.name: m for m in model.modules() if isinstance(m, TrackedModule)}
+        if sorted(tracked) != sorted(names):
+            raise RuntimeError(f"Kronfluence tracked {sorted(tracked)[:3]}..., not the {len(names)} tracked Linears")
+        grads = torch.cat([tracked[n].get_factor(ACCUMULATED_PRECONDITIONED_GRADIENT_NAME).flatten(1) for n in names], 1)
+        finalize_all_iterations(model, names)
+        set_mode(model, ModuleMode.DEFAULT, names, release_memory=True)
+        out = np.empty((len(encoded), grads.shape[1]), dtype=np.float32)
+        out[order] = grads.numpy()
+        return out
 
-    tracked = {m.name: m for m in model.modules() if isinstance(m, TrackedModule)}
-    if sorted(tracked) != sorted(names):
-        raise RuntimeError(f"Kronfluence tracked {sorted(tracked)[:3]}..., not the {len(names)} tracked Linears")
-    grads = torch.cat([tracked[n].get_factor(ACCUMULATED_PRECONDITIONED_GRADIENT_NAME).flatten(1) for n in names], 1)
-    finalize_all_iterations(model, names)
-    set_mode(model, ModuleMode.DEFAULT, names, release_memory=True)
-    out = np.empty((len(encoded), grads.shape[1]), dtype=np.float32)
-    out[order] = grads.numpy()
-    return out
+    return extract

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +37,30 @@ from benchmarks.peers.common import conv1d_to_linear, sample_loss, tracked_linea
 from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
-def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size: int) -> np.ndarray:
-    """``(len(encoded), n_modules * r^2)`` float32 LogIX-LoGra per-sample gradients of the mean next-token loss."""
+def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+    """A LogIX run watching the tracked Linears with its LoGra adapters; the returned
+    ``extract(encoded, batch_size)`` gives ``(len(encoded), n_modules * r^2)`` float32 per-sample
+    gradients of the mean next-token loss."""
     model.eval()
     names = tracked_linear_names(model)
     conv1d_to_linear(model)
     rank = max(1, math.isqrt(max(1, dim // len(names))))
     logix.get_logger().setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="logix-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(yaml.safe_dump({"root_dir": tmp, "lora": {"init": "random", "rank": rank}}))
-        run = logix.LogIX(project="teacher", config=str(config))
-        run.watch(model, name_filter=names)
-        torch.manual_seed(0)
-        run.add_lora()
-        run.setup({"grad": ["log"]})
-        keys = [f"{n}.logix_lora_B" for n in names]
-        watched = set(run.logger.modules_to_name.values())
-        if watched != set(keys):
-            raise RuntimeError(f"LogIX watches {sorted(watched ^ set(keys))[:3]}... beyond/short of the tracked modules")
+    tmp = tempfile.TemporaryDirectory(prefix="logix-")  # the run's root_dir, removed with the closure
+    config = Path(tmp.name) / "config.yaml"
+    config.write_text(yaml.safe_dump({"root_dir": tmp.name, "lora": {"init": "random", "rank": rank}}))
+    run = logix.LogIX(project="teacher", config=str(config))
+    run.watch(model, name_filter=names)
+    torch.manual_seed(0)
+    run.add_lora()
+    run.setup({"grad": ["log"]})
+    keys = [f"{n}.logix_lora_B" for n in names]
+    watched = set(run.logger.modules_to_name.values())
+    if watched != set(keys):
+        raise RuntimeError(f"LogIX watches {sorted(watched ^ set(keys))[:3]}... beyond/short of the tracked modules")
+    width = [run.model.get_submodule(k).weight.numel() for k in keys]
 
-        width = [run.model.get_submodule(k).weight.numel() for k in keys]
+    def extract(encoded: list[Any], batch_size: int, _root: Any = tmp) -> np.ndarray:
         out = np.zeros((len(encoded), sum(width)), dtype=np.float32)
         for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
             ids, mask = pad_batch([encoded[i].input_ids for i in idx], tokenizer.pad_token_id)
@@ -65,4 +69,6 @@ def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size
                 sample_loss(model, ids, mask).sum().backward()
             _, log = run.get_log()
             out[idx] = torch.cat([log[k]["grad"].reshape(len(idx), -1) for k in keys], dim=1).numpy()
-    return out
+        return out
+
+    return extract

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,10 @@ class CausalLMLossOutput(AbstractModelOutput):
         return torch.ones(batch[0].shape[0], 1)  # the output already is the loss
 
 
-def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size: int) -> np.ndarray:
-    """``(len(encoded), dim)`` float32 TRAK-projected per-sample gradients of the mean next-token loss."""
+def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+    """TRAK's gradient computer and projector (its first sketch block generated here); the returned
+    ``extract(encoded, batch_size)`` gives ``(len(encoded), dim)`` float32 projected per-sample
+    gradients of the mean next-token loss."""
     model.eval()
     wrt = [f"{name}.weight" for name in tracked_linear_names(model)]
     params = dict(model.named_parameters())
@@ -69,10 +72,13 @@ def extract(model: Any, tokenizer: Any, encoded: list[Any], dim: int, batch_size
     projector = BasicProjector(grad_dim, dim, seed=0, proj_type=ProjectionType.normal, device="cpu",
                                block_size=math.ceil(dim / math.ceil(dim / block)))
 
-    out = np.zeros((len(encoded), dim), dtype=np.float32)
-    with torch.no_grad():  # torch.func.grad differentiates regardless; this only stops a stray graph
-        for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
-            batch = pad_batch([encoded[i].input_ids for i in idx], tokenizer.pad_token_id)
-            grads = computer.compute_per_sample_grad(batch)
-            out[idx] = projector.project(grads, model_id=0).numpy()
-    return out
+    def extract(encoded: list[Any], batch_size: int) -> np.ndarray:
+        out = np.zeros((len(encoded), dim), dtype=np.float32)
+        with torch.no_grad():  # torch.func.grad differentiates regardless; this only stops a stray graph
+            for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
+                batch = pad_batch([encoded[i].input_ids for i in idx], tokenizer.pad_token_id)
+                grads = computer.compute_per_sample_grad(batch)
+                out[idx] = projector.project(grads, model_id=0).numpy()
+        return out
+
+    return extract
