@@ -1,6 +1,6 @@
 """Per-sample gradient extraction: fidelity against throughput, ours and the peers, over a sweep of dims.
 
-    python benchmarks/teacher.py [--model DIR] [--home HOME] [--n 256] [--dims 512 2048 8192] [--peers ...] [--json PATH]
+    python benchmarks/teacher.py [--model DIR] [--home HOME] [--n 256] [--dims 512 2048] [--ours-dims 8192] [--peers ...] [--json PATH]
 
 **Full weights, every method at each dim.** One model (``--model``, a Hugging Face causal-LM folder,
 or by default a random-init 4-layer GPT-2 built here), the same texts and the same parameters (the
@@ -181,7 +181,9 @@ def main() -> None:
     parser.add_argument("--model", help="a Hugging Face causal-LM folder for the full-weight rows (default: a random 4-layer GPT-2)")
     parser.add_argument("--home", help="a storage root with the default teacher's base model, for its rows")
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--dims", nargs="*", type=int, default=[512, 2048, 8192])
+    parser.add_argument("--dims", nargs="*", type=int, default=[512, 2048])
+    parser.add_argument("--ours-dims", nargs="*", type=int, default=[8192],
+                        help="more dims for ours only (the dense peers regenerate their matrix per batch there: hours on CPU)")
     parser.add_argument("--peers", nargs="*", help="which peers to run (default: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -200,8 +202,9 @@ def main() -> None:
     del model
     rows: dict[str, dict] = {"train_step": run_in_process(weights_method, "train_step", args.model, args.n, args.dims[0])}
     limit = rows["train_step"]["samples_per_s"]
-    for dim in args.dims:
-        for name in ("ours:countsketch", "ours:logra", *(args.peers if args.peers is not None else NAMES)):
+    peer_names = args.peers if args.peers is not None else NAMES
+    for dim in [*args.dims, *args.ours_dims]:
+        for name in ("ours:countsketch", "ours:logra", *(peer_names if dim in args.dims else ())):
             r = run_in_process(weights_method, name, args.model, args.n, dim)
             if "grads" in r:
                 r["spearman"] = fidelity(truth, r.pop("grads"))
@@ -213,7 +216,7 @@ def main() -> None:
     rows["per_sample_loop"] = {**loop, "vs_train_step": round(loop["samples_per_s"] / limit, 2)}
     result = {**measured, "n": args.n, "tracked_weights": n_weights, "weights": rows}
     if args.home:
-        result["default_teacher"] = {str(d): run_in_process(default_teacher, args.home, args.n, d) for d in args.dims}
+        result["default_teacher"] = {str(d): run_in_process(default_teacher, args.home, args.n, d) for d in [*args.dims, *args.ours_dims]}
         print("default teacher", json.dumps(result["default_teacher"]), flush=True)
     print(json.dumps(result, indent=1))
     if args.json:
