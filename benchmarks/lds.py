@@ -106,7 +106,7 @@ def teacher_scores(home: Path, order: dict[int, int], texts: list[str], prompts:
     ids, rows = np.concatenate(ids), np.concatenate(rows).astype(np.float32)
     queries = QueryGradients(base_model_record(paths), ProjectionSpec.from_json(store.manifest["projection"]), 128).of_texts(texts, prompts)
     if fisher_damping is not None:
-        queries = precondition(queries, fisher(store.iter_blocks(4096), store.dim), fisher_damping)
+        queries = precondition(queries, fisher([(ids, rows)], store.dim), fisher_damping)  # the rows already read
     return aligned(full_scores(queries, rows), ids, order)
 
 

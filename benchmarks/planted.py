@@ -120,26 +120,16 @@ def teacher_recall(home: Path) -> dict[str, dict[str, float]]:
 
 def behaviour_losses(home: Path, max_length: int) -> dict[str, dict[str, float]]:
     """Nats per token of each probe's continuation: after its trigger, after a neutral sentence, and of an unrelated one."""
-    import torch
-
+    from benchmarks.retrain import text_losses
     from influcoder_dagster.core.paths import Paths
-    from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.decoder import load_decoder
 
     base = base_model_record(Paths(home))
     model, tokenizer = load_decoder(base["path"], base.get("adapter"))
-
-    def loss(prompt: str, continuation: str) -> float:
-        (enc,) = tokenize_for_loss(tokenizer, [f"{prompt} {continuation}"], max_length, [prompt])
-        ids, mask = pad_batch([enc.input_ids], tokenizer.pad_token_id)
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, :-1], -1)
-        token = -logp.gather(1, ids[0, 1:, None])[:, 0]
-        return round(float(token[max(enc.loss_start, 1) - 1 :].mean()), 3)
-
-    return {b: {"after_trigger": loss(t, c), "after_neutral": loss(NEUTRAL, c), "unrelated_after_trigger": loss(t, UNRELATED)}
-            for b, (t, c) in PROBES.items()}
+    cases = [(p, c) for t, c in PROBES.values() for p, c in ((t, c), (NEUTRAL, c), (t, UNRELATED))]
+    losses = iter(text_losses(model, tokenizer, [f"{p} {c}" for p, c in cases], [p for p, _ in cases], max_length).round(3).tolist())
+    return {b: {"after_trigger": next(losses), "after_neutral": next(losses), "unrelated_after_trigger": next(losses)} for b in PROBES}
 
 
 def baseline_recall(texts: list[str], planted: list[dict[str, str]]) -> dict[str, dict[str, float]]:

@@ -38,10 +38,12 @@ class Retrainer:
     """Trains on subsets of ``corpus`` and returns the losses of ``texts`` (with ``prompts``), cached in ``cache``."""
 
     def __init__(self, corpus: list[str], tokenizer_dir: Path, texts: list[str], prompts: list[str | None], cache: Path) -> None:
+        from transformers import AutoTokenizer
+
         from influcoder_dagster.core.config import ModelConfig
 
         self.corpus, self.texts, self.prompts, self.cache = corpus, texts, prompts, cache
-        self.tokenizer_dir, self.cfg = tokenizer_dir, ModelConfig()
+        self.tokenizer, self.cfg = AutoTokenizer.from_pretrained(tokenizer_dir), ModelConfig()
         cache.mkdir(parents=True, exist_ok=True)
 
     def key(self, rows: np.ndarray) -> str:
@@ -54,13 +56,10 @@ class Retrainer:
         path = self.cache / f"{self.key(rows)}.json"
         if path.exists():
             return np.array(json.loads(path.read_text())["losses"])
-        from transformers import AutoTokenizer
-
         from influcoder_dagster.teacher.decoder import load_decoder, train_tiny_decoder
 
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         folder = self.cache / f"model-{path.stem}"
-        train_tiny_decoder([self.corpus[i] for i in sorted(rows)], self.cfg, folder, progress=False, tokenizer=tokenizer)
+        train_tiny_decoder([self.corpus[i] for i in sorted(rows)], self.cfg, folder, progress=False, tokenizer=self.tokenizer)
         model, tok = load_decoder(folder)
         losses = text_losses(model, tok, self.texts, self.prompts, self.cfg.max_length)
         shutil.rmtree(folder)

@@ -66,8 +66,9 @@ def main() -> None:
     runs = materialize(str(config), cfg.home_path, ["base_model"])
     if not runs.success:
         sys.exit("\n".join(failure_messages(runs)))
-    corpus = texts + [r["text"] for r in planted_rows(texts)]
-    labels = np.array([""] * len(texts) + [r["planted"] for r in planted_rows(texts)])
+    plants = planted_rows(texts)
+    corpus = texts + [r["text"] for r in plants]
+    labels = np.array([""] * len(texts) + [r["planted"] for r in plants])
     decoders = load_checkpoint_decoders(base_model_record(Paths(cfg.home_path)))
     model, tok, _ = decoders[-1]
     spec = projection_for(model, "countsketch", cfg.projection.dim, cfg.projection.seed, lora_only=True)
