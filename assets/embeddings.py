@@ -4,7 +4,7 @@ import dagster as dg
 
 from influcoder_dagster.orchestration.partitions import corpus_shards
 from influcoder_dagster.orchestration.resources import InflucoderConfig
-from influcoder_dagster.stages.embeddings import run_shard_embeddings
+from influcoder_dagster.orchestration.shard_backend import run_shard
 
 from ._wrap import run_stage
 
@@ -13,6 +13,6 @@ from ._wrap import run_stage
           kinds={"numpy"}, code_version="1", automation_condition=dg.AutomationCondition.eager(),
           description="embeddings/<encoder version>/<shard>.npy: the shard's index vectors from the MLflow champion (its "
                       "gradient rows in the champion's sketch basis, or a rankings-distilled encoder's text embeddings; the untrained "
-                      "encoder before any passes its gate); reused while tokens and encoder are unchanged.")
+                      "encoder before any passes its gate); reused while tokens and encoder are unchanged. A Ray task with compute.backend = 'ray'.")
 def shard_embeddings(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
-    return run_stage(lambda: run_shard_embeddings(influcoder.load(), context.partition_key))[1]
+    return run_stage(lambda: run_shard(influcoder.load(), "embeddings", context.partition_key))[1]

@@ -6,7 +6,7 @@ import dagster as dg
 
 from influcoder_dagster.orchestration.partitions import corpus_shards
 from influcoder_dagster.orchestration.resources import InflucoderConfig
-from influcoder_dagster.stages.gradients import run_shard_gradients
+from influcoder_dagster.orchestration.shard_backend import run_shard
 
 from ._wrap import run_stage
 
@@ -15,11 +15,11 @@ from ._wrap import run_stage
           kinds={"pytorch", "numpy"}, code_version="2", automation_condition=dg.AutomationCondition.eager(),
           description="gradients/<key>/<shard>.f16: row-major fp16 projected gradients of one shard; resumable, "
                       "reused when the shard's tokens are unchanged. Runs in a subprocess through Dagster Pipes "
-                      "with projection.out_of_process.")
+                      "with projection.out_of_process, or as a Ray task with compute.backend = 'ray'.")
 def projected_gradients(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
     cfg = influcoder.load()
     if not cfg.projection.out_of_process:
-        return run_stage(lambda: run_shard_gradients(cfg, context.partition_key, progress=False))[1]
+        return run_stage(lambda: run_shard(cfg, "gradients", context.partition_key))[1]
     # The same engine call in another process: the pattern for a cluster (swap the client for
     # dagster-k8s' or dagster-ray's Pipes client; the worker stays as it is).
     return dg.PipesSubprocessClient().run(

@@ -39,6 +39,7 @@ SECTION_INTROS = {
     "rankings": "The teacher: influence rankings scored against the projected gradient store.",
     "encoder": "The student: a text encoder trained to reproduce the teacher's rankings.",
     "index": "The vector index that serves encoder queries.",
+    "compute": "Where per-shard work runs: this process, or Ray tasks on a cluster (the `ray` extra).",
 }
 
 

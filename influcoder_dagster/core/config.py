@@ -150,6 +150,15 @@ class IndexConfig(_Section):
                                      "ONNX Runtime (same embeddings, about 2x faster for one query on CPU)")
 
 
+class ComputeConfig(_Section):
+    backend: Literal["local", "ray"] = Field(
+        "local", description="where per-shard work (gradient extraction, shard embeddings) runs: in the Dagster run's "
+        "process, or as a Ray task on a cluster whose workers mount the storage root at the same path")
+    ray_address: str | None = Field(None, description="backend = 'ray': the cluster to join ('auto', 'ray://host:10001' or "
+                                    "host:port); unset starts a local Ray cluster inside the run's process")
+    ray_cpus_per_task: int = Field(1, ge=1, description="backend = 'ray': CPUs a shard task reserves")
+
+
 class Config(_Section):
     home: str = Field("influcoder_home", description="storage root of every artifact; relative to the config file; "
                       "INFLUCODER_HOME overrides it")
@@ -162,6 +171,7 @@ class Config(_Section):
     rankings: RankingConfig = RankingConfig()
     encoder: EncoderConfig = EncoderConfig()
     index: IndexConfig = IndexConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @property
     def home_path(self) -> Path:
