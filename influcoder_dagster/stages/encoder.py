@@ -43,7 +43,7 @@ TABLE_ORDER = ("student", "teacher_ceiling", "teacher_prior", "untrained", "bm25
 
 
 @dataclass
-class _Rankings:
+class Rankings:
     """What the encoder learns from and is judged on, read from the published rankings."""
 
     groups: list[AnchorGroup]
@@ -71,7 +71,7 @@ class _Trained:
 
 def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     paths, e = Paths(cfg.home_path), cfg.encoder
-    rankings = _read_rankings(cfg)
+    rankings = read_rankings(cfg)
     model = load_encoder(e)
     pair_teacher = pair_teacher_for(cfg, paths, rankings.provenance["store_key"])
     table = _baselines(cfg, model, rankings, pair_teacher)
@@ -96,7 +96,7 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
     }, f"{e.registered_name}-v{trained.version}")
 
 
-def _read_rankings(cfg: Config) -> _Rankings:
+def read_rankings(cfg: Config) -> Rankings:
     con = connect_readonly(cfg.home_path)
     try:
         groups, train = training_groups(con), training_samples(con)
@@ -107,11 +107,11 @@ def _read_rankings(cfg: Config) -> _Rankings:
     finally:
         con.close()
     teacher_run, model_hash, dataset_version, projection, dim, seed, store_key = run
-    return _Rankings(groups, train, data, ceiling, teacher_recall, teacher_run, model_hash, dataset_version,
+    return Rankings(groups, train, data, ceiling, teacher_recall, teacher_run, model_hash, dataset_version,
                      {"projection": projection, "projection_dim": dim, "projection_seed": seed, "store_key": store_key})
 
 
-def _baselines(cfg: Config, model: Any, rankings: _Rankings, pair_teacher: PairTeacher) -> dict[str, dict[str, float]]:
+def _baselines(cfg: Config, model: Any, rankings: Rankings, pair_teacher: PairTeacher) -> dict[str, dict[str, float]]:
     """The rows the student is judged against: the untrained encoder, BM25, random, the teacher's
     noise ceiling and (with training anchors) the teacher prior, one ranking for every query."""
     data, e = rankings.data, cfg.encoder
@@ -128,7 +128,7 @@ def _baselines(cfg: Config, model: Any, rankings: _Rankings, pair_teacher: PairT
     return table
 
 
-def _train_and_log(cfg: Config, model: Any, rankings: _Rankings, pair_teacher: PairTeacher, table: dict[str, dict[str, float]],
+def _train_and_log(cfg: Config, model: Any, rankings: Rankings, pair_teacher: PairTeacher, table: dict[str, dict[str, float]],
                    progress: bool) -> _Trained:
     """Train the configured objective, evaluate the student into ``table`` and register it, in one MLflow run."""
     import mlflow
