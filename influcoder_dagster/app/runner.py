@@ -151,11 +151,11 @@ def observe_sources(cfg: Config, instance: dg.DagsterInstance) -> dict[str, str]
     return versions
 
 
-def _stale_partitions(instance: dg.DagsterInstance, names: list[str], corpus: Path) -> list[str]:
+def _stale_partitions(instance: dg.DagsterInstance, names: list[str], corpus: Path, resolver: Any = None) -> list[str]:
     """Shard partitions where a selected partitioned asset is missing or stale (by Dagster's data versions),
     or whose shard is gone from disk: a file removed and added back keeps its key and Dagster its old
     materializations (OSS Dagster cannot wipe a partition), but ``corpus_manifest`` deleted its files."""
-    resolver = stale_resolver(instance)
+    resolver = resolver or stale_resolver(instance)
     keys = instance.get_dynamic_partitions(corpus_shards.name)
     return sorted(k for k in keys if shard_entry(corpus, k) is None
                   or any(resolver.get_status(dg.AssetKey(n), k).value != "FRESH" for n in names))
@@ -183,9 +183,10 @@ def materialize(config_path: str | None, home: Path, select: list[str] | None = 
     """Materialize the selected assets (default all) the way the UI would, in lineage order.
 
     Holds the storage root's writer lock (refused at once if another process holds it, unless
-    ``wait``). Syncs the shard partitions with the dataset, observes the base model, then runs the
-    stages of ``STAGES`` in order: each partitioned one for every shard where it is missing or
-    stale (``workers`` runs at once, each in its own process, when above 1), each other one as one run.
+    ``wait``). Syncs the shard partitions with the dataset, observes the base model. An update that
+    touches at most one shard is one run (:func:`_single_run`). Otherwise it runs the stages of
+    ``STAGES`` in order: each partitioned one for every shard where it is missing or stale
+    (``workers`` runs at once, each in its own process, when above 1), each other one as one run.
     """
     with writer_lock(home, wait):
         return _materialize(config_path, home, select, instance, log_level, workers)
@@ -220,11 +221,33 @@ def _materialize(config_path: str | None, home: Path, select: list[str] | None, 
     runs.released = release_dead_runs(instance, home)
     sync_partitions(cfg, instance)
     observe_sources(cfg, instance)
-    for names, partitioned in STAGES:
-        chosen = [n for n in names if select is None or n in select]
+    stages = [([n for n in names if select is None or n in select], partitioned) for names, partitioned in STAGES]
+    single = _single_run(instance, home, stages) if workers == 1 else None
+    if single is not None:  # an update touching at most one shard: one run, then new embeddings of a new encoder
+        names, key = single
+        retrained = (run(names, key) and "influcoder_encoder" in names and "shard_embeddings" in names
+                     and _stale_partitions(instance, ["shard_embeddings"], Paths(home).corpus))
+        if retrained and run_partitions(["shard_embeddings"]) and "embedding_index" in names:
+            run(["embedding_index"])
+        return runs
+    for chosen, partitioned in stages:
         if chosen and not (run_partitions(chosen) if partitioned else run(chosen)):
             break
     return runs
+
+
+def _single_run(instance: dg.DagsterInstance, home: Path, stages: list[tuple[list[str], bool]]) -> tuple[list[str], str | None] | None:
+    """The selection and partition of one run that does the whole update, when at most one shard
+    partition is missing or stale: Dagster runs a partition's assets and the unpartitioned ones
+    together, in lineage order. An unchanged base model is left out. None: several shards changed."""
+    resolver = stale_resolver(instance)
+    partitioned = [n for names, p in stages if p for n in names]
+    keys = _stale_partitions(instance, partitioned, Paths(home).corpus, resolver) if partitioned else []
+    if len(keys) > 1:
+        return None
+    fresh_base = resolver.get_status(dg.AssetKey("base_model")).value == "FRESH"
+    names = [n for names, p in stages if keys or not p for n in names if not (n == "base_model" and fresh_base)]
+    return names, keys[0] if keys else None
 
 
 def materialization_metadata(result: Any) -> dict[str, dict[str, Any]]:

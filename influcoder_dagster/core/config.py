@@ -26,6 +26,8 @@ class DatasetConfig(_Section):
     queries_path: str | None = Field(None, description="JSONL of user queries (text, optional prompt)")
     max_chars: int = Field(20_000, ge=1, description="longer documents are quarantined as over-long")
     min_chars: int = Field(1, ge=1, description="documents shorter than this (whitespace stripped) are quarantined as empty")
+    shard_rows: int = Field(10_000, ge=1, description="a file of more records is cut into shards (partitions) of this many: "
+                            "appended rows become new shards, a changed row rebuilds only its shard")
 
 
 class DemoConfig(_Section):

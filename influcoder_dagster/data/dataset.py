@@ -171,13 +171,20 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[int, Any, str |
         yield i, record, None
 
 
-def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None) -> Shard:
-    """Validate one file. Duplicates within the file are quarantined here; across files, by :func:`read_dataset`."""
+def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None, block: int | None = None) -> Shard:
+    """Validate one file, or its ``block``-th block of ``cfg.shard_rows`` records. Duplicates within
+    the shard are quarantined here; across shards, by :func:`read_dataset` and the corpus manifest."""
     text_field, max_chars, min_chars = cfg.text_field, cfg.max_chars, cfg.min_chars
     raw = path.read_bytes()
-    content_hash = hashlib.sha256(raw).hexdigest()  # = file_hash(path), from the bytes already read
-    shard = Shard(name=shard_name(path, content_hash, root), source=str(path), content_hash=content_hash)
-    records = _records(path, raw, text_field)
+    records: Iterable[tuple[int, Any, str | None]] = _records(path, raw, text_field)
+    if block is None:
+        content_hash = hashlib.sha256(raw).hexdigest()  # = file_hash(path), from the bytes already read
+        name = shard_name(path, content_hash, root)
+    else:
+        records = list(records)[block * cfg.shard_rows : (block + 1) * cfg.shard_rows]
+        content_hash = _block_hash(records)
+        name = block_name(path, block, content_hash, root)
+    shard = Shard(name=name, source=str(path), content_hash=content_hash)
     seen: dict[int, int] = {}
     for row, record, problem in records:
         shard.rows_read += 1
@@ -237,9 +244,10 @@ def _validate(record: Any, text_field: str, max_chars: int, min_chars: int) -> s
 
 
 def read_dataset(path: str | Path, cfg: DatasetConfig | None = None) -> list[Shard]:
-    """Read every file into a shard; a sample already kept in an earlier file is quarantined as a duplicate."""
+    """Read every shard; a sample already kept in an earlier shard is quarantined as a duplicate."""
+    cfg = cfg or DatasetConfig()
     root = Path(path) if Path(path).is_dir() else None
-    shards = [read_shard(p, cfg or DatasetConfig(), root) for p in list_dataset_files(path)]
+    shards = [read_shard(f, cfg, root, block) for f in list_dataset_files(path) for block in file_shards(f, cfg, root).values()]
     first_seen: dict[int, tuple[str, int]] = {}
     for shard in shards:
         kept = []
@@ -263,10 +271,43 @@ def dataset_version(shards: Iterable[tuple[str, str]], cfg: DatasetConfig) -> st
     return h.hexdigest()[:16]
 
 
-def shard_files(path: str | Path) -> dict[str, Path]:
-    """Shard name (the partition key) -> file, for every file of the dataset; hashes each file once."""
+def shard_files(path: str | Path, cfg: DatasetConfig | None = None) -> dict[str, Path]:
+    """Shard name (the partition key) -> file, for every shard of the dataset."""
+    cfg = cfg or DatasetConfig()
     root = Path(path) if Path(path).is_dir() else None
-    return {shard_name(f, file_hash(f), root): f for f in list_dataset_files(path)}
+    return {name: f for f in list_dataset_files(path) for name in file_shards(f, cfg, root)}
+
+
+def file_shards(path: Path, cfg: DatasetConfig, root: Path | None = None) -> dict[str, int | None]:
+    """Shard name -> block (None: the whole file) for one file. A file of up to ``cfg.shard_rows``
+    records is one shard named by its bytes. A larger one is cut into blocks of ``shard_rows``
+    records, each named by its index and its own content: rows appended to the file add blocks (and
+    change the last one), and a changed row renames only its block, so only that block is rebuilt."""
+    raw = path.read_bytes()
+    try:
+        records = None if _few_records(path, raw, cfg.shard_rows) else list(_records(path, raw, cfg.text_field))
+    except DatasetError:  # an unusable file stays one shard: its corpus run reports the error
+        records = None
+    if records is None or len(records) <= cfg.shard_rows:
+        return {shard_name(path, hashlib.sha256(raw).hexdigest(), root): None}
+    n = cfg.shard_rows
+    return {block_name(path, b, _block_hash(records[b * n : (b + 1) * n]), root): b for b in range(-(-len(records) // n))}
+
+
+def _few_records(path: Path, raw: bytes, limit: int) -> bool:
+    """True when the file surely holds at most ``limit`` records, known without parsing it (JSONL: its lines)."""
+    return file_kind(path) == ".jsonl" and len(raw.removeprefix(b"\xef\xbb\xbf").splitlines()) <= limit
+
+
+def _block_hash(records: list[tuple[int, Any, str | None]]) -> str:
+    h = hashlib.sha256()
+    for record in records:
+        h.update(json.dumps(record, default=str, sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
+
+
+def block_name(path: Path, block: int, content_hash: str, root: Path | None = None) -> str:
+    return f"{shard_stem(path, root)}_b{block:05d}-{content_hash[:8]}"
 
 
 def file_hash(path: Path) -> str:
@@ -277,13 +318,14 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def find_shard_file(path: str | Path, name: str) -> Path:
-    """The dataset file behind shard ``name``: only files whose path gives the same stem are hashed."""
+def find_shard(path: str | Path, name: str, cfg: DatasetConfig) -> tuple[Path, int | None]:
+    """The dataset file behind shard ``name`` and its block: only files whose path gives the same stem are read."""
     root = Path(path) if Path(path).is_dir() else None
     stem = name.rsplit("-", 1)[0]
+    stems = {stem, re.sub(r"_b\d{5}$", "", stem)}
     for f in list_dataset_files(path):
-        if shard_stem(f, root) == stem and shard_name(f, file_hash(f), root) == name:
-            return f
+        if shard_stem(f, root) in stems and name in (shards := file_shards(f, cfg, root)):
+            return f, shards[name]
     raise DatasetError(f"{path}: no file has the content of shard {name!r} any more (changed or removed); "
                        "the dataset sensor replaces its partition, or run `influcoder materialize` to sync")
 

@@ -28,4 +28,4 @@ def data_tag(cfg: Config) -> str:
 def current_shards(cfg: Config) -> dict[str, Path]:
     """Shard name (the partition key) -> dataset file, as the dataset is now."""
     path, _ = dataset_files(cfg)
-    return shard_files(path)
+    return shard_files(path, cfg.dataset)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from influcoder_dagster.core.config import Config
+from influcoder_dagster.core.config import Config, DatasetConfig
 from influcoder_dagster.core.errors import DatasetError
-from influcoder_dagster.data.dataset import file_hash, list_dataset_files, shard_name
+from influcoder_dagster.data.dataset import file_shards, list_dataset_files
 from influcoder_dagster.orchestration.partitions import corpus_shards
 from influcoder_dagster.orchestration.resources import InflucoderConfig
 from influcoder_dagster.stages.base_model import base_model_version
@@ -46,19 +46,20 @@ def _stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def scan_dataset(dataset: str, previous: dict[str, list], budget: int) -> tuple[dict[str, list], int]:
-    """path -> [size, mtime_ns, shard name] for the dataset's files, hashing only new or changed
+def scan_dataset(cfg: DatasetConfig, previous: dict[str, list], budget: int) -> tuple[dict[str, list], int]:
+    """path -> [size, mtime_ns, [shard names]] for the dataset's files, reading only new or changed
     ones (at most ``budget``); a file over budget keeps its previous entry, or waits if it is new.
     Returns the entries and how many files were left for the next tick."""
+    dataset = str(cfg.path)
     root = Path(dataset) if Path(dataset).is_dir() else None
     out, deferred = {}, 0
     for f in list_dataset_files(dataset):
         stat, old = _stat(f), previous.get(str(f))
-        if old and old[:2] == stat:
+        if old and old[:2] == stat and isinstance(old[2], list):  # a cursor from before blocks holds one name
             out[str(f)] = old
         elif budget > 0:
             budget -= 1
-            out[str(f)] = [*stat, shard_name(f, file_hash(f), root)]
+            out[str(f)] = [*stat, sorted(file_shards(f, cfg, root))]
         else:
             deferred += 1
             if old:
@@ -75,7 +76,7 @@ def _model_stat(base_model: str) -> list:
 
 @dg.sensor(asset_selection=dg.AssetSelection.assets(*SHARD_ASSETS, *REFRESH_ASSETS),
            minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Adds a shard partition per new or changed dataset file and requests its run, deletes the "
+           description="Adds a shard partition per new or changed shard (a file, or a block of a large one) and requests its run, deletes the "
                        "partitions of removed files, re-ranks when the query file changes, and observes the base model.")
 def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderConfig) -> dg.SensorResult | dg.SkipReason:
     cfg = influcoder.load()
@@ -83,15 +84,15 @@ def dataset_sensor(context: dg.SensorEvaluationContext, influcoder: InflucoderCo
         return dg.SkipReason("no dataset.path configured: the demo corpus does not change")
     cursor = json.loads(context.cursor) if context.cursor else {}
     try:
-        files, deferred = scan_dataset(cfg.dataset.path, cursor.get("files", {}), MAX_FILES_HASHED_PER_TICK)
+        files, deferred = scan_dataset(cfg.dataset, cursor.get("files", {}), MAX_FILES_HASHED_PER_TICK)
     except DatasetError as exc:
         return dg.SkipReason(f"cannot read the dataset: {exc}")
-    wanted = {entry[2] for entry in files.values()}
+    wanted = {name for entry in files.values() for name in entry[2]}
     existing = set(context.instance.get_dynamic_partitions(corpus_shards.name))
     added, deleted = sorted(wanted - existing), sorted(existing - wanted)
 
     # A file removed and added back has the same key but a new mtime: its run is new, not a duplicate to skip.
-    added_at = {entry[2]: entry[1] for entry in files.values()}
+    added_at = {name: entry[1] for entry in files.values() for name in entry[2]}
     requests: list[dg.RunRequest] = [
         dg.RunRequest(partition_key=key, run_key=f"{key}@{added_at[key]}", asset_selection=[dg.AssetKey(k) for k in SHARD_ASSETS])
         for key in added

@@ -13,7 +13,7 @@ from influcoder_dagster.core.config import Config
 from influcoder_dagster.core.errors import DatasetError, MissingUpstreamError
 from influcoder_dagster.core.hashing import short_hash
 from influcoder_dagster.core.paths import Paths
-from influcoder_dagster.data.dataset import dataset_version, find_shard_file, read_shard, skipped_files
+from influcoder_dagster.data.dataset import dataset_version, find_shard, read_shard, skipped_files
 from influcoder_dagster.data.source import current_shards, dataset_files
 from influcoder_dagster.data.tokenized import publish_corpus, shard_entry, write_shard
 from influcoder_dagster.stages.gradients import run_shard_gradients
@@ -23,15 +23,15 @@ from influcoder_dagster.teacher.store import GradientStore, requested_projection
 
 
 def run_corpus_shard(cfg: Config, name: str) -> StageResult:
-    """Validate and tokenize one dataset file: ``corpus/<name>.parquet`` and its quarantine."""
+    """Validate and tokenize one shard (a dataset file or a block of one): ``corpus/<name>.parquet`` and its quarantine."""
     from transformers import AutoTokenizer
 
     paths = Paths(cfg.home_path)
     base = base_model_record(paths)
     path, _ = dataset_files(cfg)
-    file = find_shard_file(path, name)
     d = cfg.dataset
-    shard = read_shard(file, d, Path(path) if Path(path).is_dir() else None)
+    file, block = find_shard(path, name, d)
+    shard = read_shard(file, d, Path(path) if Path(path).is_dir() else None, block)
     tokenizer = AutoTokenizer.from_pretrained(base["path"])
     entry = write_shard(paths.corpus, shard, tokenizer, cfg.model.max_length, base["model_hash"])
     reasons: dict[str, int] = {}
