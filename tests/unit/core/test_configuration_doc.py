@@ -26,7 +26,7 @@ def test_every_option_has_a_description(section):
 def test_every_section_and_top_level_key_is_in_the_doc():
     doc = config_docs.render()
     names = set(config_docs.sections())
-    assert names == {"dataset", "demo", "model", "projection", "rankings", "encoder", "index"}
+    assert names == {"dataset", "demo", "model", "projection", "rankings", "encoder", "index", "compute"}
     assert all(f"## `[{name}]`" in doc for name in names)
     assert set(config_docs.top_level_fields()) | names == set(Config.model_fields)
     assert "| `home` |" in doc and "| `k` |" in doc
