@@ -93,6 +93,7 @@ def served(home: Path, queries: list[str], own: list[int], max_length: int) -> d
     each path's p50 latency for one query; every list leaves out the query's own sample."""
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.serving.attribute import Attributor
+    from influcoder_dagster.serving.index import INDEX_FILE
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.query_gradients import QueryGradients
@@ -123,14 +124,7 @@ def served(home: Path, queries: list[str], own: list[int], max_length: int) -> d
             "encoder_ms_p50": p50["encoder"], "rerank_ms_p50": p50["rerank"], "gradient_ms_p50": p50["gradient"],
             "encoder_backend": attributor.encoder.backend, "index_kind": attributor.manifest["kind"],
             "store_bytes_per_sample": store.nbytes() / store.n_rows(),
-            "index_bytes_per_sample": index_bytes(paths) / attributor.manifest["count"]}
-
-
-def index_bytes(paths: Any) -> int:
-    from influcoder_dagster.serving.index import INDEX_FILE, load_index
-
-    _, manifest = load_index(paths.index)
-    return (paths.index / manifest["folder"] / INDEX_FILE).stat().st_size
+            "index_bytes_per_sample": (paths.index / attributor.manifest["folder"] / INDEX_FILE).stat().st_size / attributor.manifest["count"]}
 
 
 def exact_recovery(query_vectors: np.ndarray, doc_ids: np.ndarray, doc_vectors: np.ndarray, own: list[int],

@@ -171,35 +171,42 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[int, Any, str |
         yield i, record, None
 
 
-def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None, block: int | None = None) -> Shard:
-    """Validate one file, or its ``block``-th block of ``cfg.shard_rows`` records. Duplicates within
-    the shard are quarantined here; across shards, by :func:`read_dataset` and the corpus manifest."""
-    text_field, max_chars, min_chars = cfg.text_field, cfg.max_chars, cfg.min_chars
+def read_file(path: Path, cfg: DatasetConfig, root: Path | None = None) -> list[Shard]:
+    """Validate one file into its shards (:func:`file_shards`), parsing it once: the whole file, or
+    its blocks of ``cfg.shard_rows`` records. Duplicates within a shard are quarantined here; across
+    shards, by :func:`read_dataset` and the corpus manifest."""
     raw = path.read_bytes()
-    records: Iterable[tuple[int, Any, str | None]] = _records(path, raw, text_field)
-    if block is None:
-        content_hash = hashlib.sha256(raw).hexdigest()  # = file_hash(path), from the bytes already read
-        name = shard_name(path, content_hash, root)
-    else:
-        records = list(records)[block * cfg.shard_rows : (block + 1) * cfg.shard_rows]
-        content_hash = _block_hash(records)
-        name = block_name(path, block, content_hash, root)
+    records = list(_records(path, raw, cfg.text_field))
+    if len(records) <= cfg.shard_rows:
+        content_hash = hashlib.sha256(raw).hexdigest()
+        return [_shard_of(path, records, shard_name(path, content_hash, root), content_hash, cfg)]
+    return [_shard_of(path, block, block_name(path, b, h := _block_hash(block), root), h, cfg)
+            for b, block in enumerate(_blocks(records, cfg.shard_rows))]
+
+
+def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None, block: int | None = None) -> Shard:
+    """One shard of :func:`read_file`: the whole file (``block`` None) or its ``block``-th block."""
+    return read_file(path, cfg, root)[block or 0]
+
+
+def _shard_of(path: Path, records: list[tuple[int, Any, str | None]], name: str, content_hash: str, cfg: DatasetConfig) -> Shard:
+    """Every record of a shard into a kept sample or a quarantine row with its reason."""
     shard = Shard(name=name, source=str(path), content_hash=content_hash)
     seen: dict[int, int] = {}
     for row, record, problem in records:
         shard.rows_read += 1
-        reason = problem or _validate(record, text_field, max_chars, min_chars)
+        reason = problem or _validate(record, cfg.text_field, cfg.max_chars, cfg.min_chars)
         if reason is None:
-            text = record[text_field]
+            text = record[cfg.text_field]
             sid = sample_id_for(text)
             if sid in seen:
                 reason = f"duplicate of line {seen[sid]}"
             else:
                 seen[sid] = row
-                meta = {k: v for k, v in record.items() if k != text_field}
+                meta = {k: v for k, v in record.items() if k != cfg.text_field}
                 shard.samples.append(Sample(sid, text, str(path), row, json.dumps(meta, default=str, sort_keys=True)))
                 continue
-        shown = record.get(text_field, record) if isinstance(record, dict) else record
+        shown = record.get(cfg.text_field, record) if isinstance(record, dict) else record
         shard.quarantine.append(QuarantineRow(str(path), row, reason, _excerpt(shown)))
     return shard
 
@@ -247,7 +254,7 @@ def read_dataset(path: str | Path, cfg: DatasetConfig | None = None) -> list[Sha
     """Read every shard; a sample already kept in an earlier shard is quarantined as a duplicate."""
     cfg = cfg or DatasetConfig()
     root = Path(path) if Path(path).is_dir() else None
-    shards = [read_shard(f, cfg, root, block) for f in list_dataset_files(path) for block in file_shards(f, cfg, root).values()]
+    shards = [shard for f in list_dataset_files(path) for shard in read_file(f, cfg, root)]
     first_seen: dict[int, tuple[str, int]] = {}
     for shard in shards:
         kept = []
@@ -290,8 +297,11 @@ def file_shards(path: Path, cfg: DatasetConfig, root: Path | None = None) -> dic
         records = None
     if records is None or len(records) <= cfg.shard_rows:
         return {shard_name(path, hashlib.sha256(raw).hexdigest(), root): None}
-    n = cfg.shard_rows
-    return {block_name(path, b, _block_hash(records[b * n : (b + 1) * n]), root): b for b in range(-(-len(records) // n))}
+    return {block_name(path, b, _block_hash(block), root): b for b, block in enumerate(_blocks(records, cfg.shard_rows))}
+
+
+def _blocks(records: list[Any], n: int) -> list[list[Any]]:
+    return [records[i : i + n] for i in range(0, len(records), n)]
 
 
 def _few_records(path: Path, raw: bytes, limit: int) -> bool:
@@ -308,14 +318,6 @@ def _block_hash(records: list[tuple[int, Any, str | None]]) -> str:
 
 def block_name(path: Path, block: int, content_hash: str, root: Path | None = None) -> str:
     return f"{shard_stem(path, root)}_b{block:05d}-{content_hash[:8]}"
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_shard(path: str | Path, name: str, cfg: DatasetConfig) -> tuple[Path, int | None]:
