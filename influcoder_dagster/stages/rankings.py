@@ -38,7 +38,7 @@ from influcoder_dagster.teacher.base_model import base_model_record
 from influcoder_dagster.teacher.pools import ScoreRows, anchor_ids, eval_pool, pool_split, random_candidates
 from influcoder_dagster.teacher.preconditioner import remove_preconditioner, write_preconditioner
 from influcoder_dagster.teacher.projection import ProjectionSpec
-from influcoder_dagster.teacher.query_cache import ANCHOR_CACHE, QUERY_CACHE, cached_query_gradients
+from influcoder_dagster.teacher.query_cache import ANCHOR_CACHE, CEILING_POOL_CACHE, QUERY_CACHE, cached_query_gradients
 from influcoder_dagster.teacher.query_gradients import QueryGradients, plain_anchor_gradients
 from influcoder_dagster.teacher.rankings_plan import (
     QueryChanges,
@@ -239,9 +239,8 @@ def _eval_rows(cfg: Config, inp: _Inputs, side: QuerySide, gradients: QueryGradi
     # The ceiling's rows are extracted exactly as the store's were (the pool's Adam direction
     # included), so only the projection differs.
     spec2 = ProjectionSpec(spec.kind, spec.seed + 1, spec.dim, spec.normalize_modules, spec.modules)
-    g2 = gradients.pool_rows(inp.tokens(np.concatenate([hs, pool])), spec2, cfg)
-    if side.plain_anchors:
-        g2[: len(hs)] = gradients.of_tokens(inp.tokens(hs), spec2)
+    g2 = np.concatenate([gradients.of_tokens(inp.tokens(hs), spec2) if side.plain_anchors
+                         else gradients.pool_rows(inp.tokens(hs), spec2, cfg), _ceiling_pool_rows(cfg, inp, gradients, pool, spec2)])
     if r.precondition:  # approximated by the second seed's gradients of these samples
         g2[: len(hs)] = precondition(g2[: len(hs)], g2.astype(np.float64).T @ g2 / len(g2), r.damping)
     s2 = full_scores(g2[: len(hs)], g2[len(hs) :])
@@ -252,6 +251,15 @@ def _eval_rows(cfg: Config, inp: _Inputs, side: QuerySide, gradients: QueryGradi
         rows.add(q, pool, s2[j], "eval_ceiling")
         if as_queried is not None:
             rows.add(q, pool, as_queried[j], "eval_as_queried")
+
+
+def _ceiling_pool_rows(cfg: Config, inp: _Inputs, gradients: QueryGradients, pool: np.ndarray, spec2: ProjectionSpec) -> np.ndarray:
+    """The held-out pool's rows under the second seed, cached beside the store (the pool is fixed between rebuilds)."""
+    tokens = dict(zip(pool.tolist(), inp.tokens(pool), strict=True))
+    keys = [{"query_id": str(p), "text": short_hash(tokens[p].input_ids, tokens[p].loss_start), "prompt": None} for p in tokens]
+    rows = cached_query_gradients(inp.store.root / CEILING_POOL_CACHE, keys, lambda missing: gradients.pool_rows(
+        [tokens[int(k["query_id"])] for k in missing], spec2, cfg), inp.store.dim)
+    return np.stack([rows[str(p)] for p in tokens])
 
 
 def _update(inp: _Inputs, wanted: dict[str, dict[str, Any]], queries: QueryChanges, shards: ShardChanges, rows: ScoreRows,

@@ -2,6 +2,9 @@
 
 ``user_queries.npz`` holds the user queries' gradients; ``anchor_queries.npz`` the anchors' plain
 gradients when the pool's rows are Adam directions. Both are keyed by (query id, text, prompt).
+``eval_ceiling_pool.npz`` holds the held-out pool's rows under the noise ceiling's second seed,
+keyed by (sample id, hash of its token ids): the pool is fixed between rebuilds, so an update that
+adds held-out anchors extracts only theirs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ QUERY_CACHE = "user_queries.npz"
 
 
 ANCHOR_CACHE = "anchor_queries.npz"  # anchors' plain gradients, when the pool's rows are Adam directions
+
+CEILING_POOL_CACHE = "eval_ceiling_pool.npz"  # the held-out pool's second-seed rows
 
 
 def cached_query_gradients(path: Path, queries: list[dict[str, Any]], compute: Callable[[list[dict[str, Any]]], np.ndarray],

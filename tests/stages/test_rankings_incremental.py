@@ -10,6 +10,7 @@ from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.stages.corpus import run_all_shards
 from influcoder_dagster.teacher.preconditioner import read_preconditioner
+from influcoder_dagster.teacher.query_cache import CEILING_POOL_CACHE
 from influcoder_dagster.teacher.rankings_db import connect_readonly
 from influcoder_dagster.teacher.store import open_store
 
@@ -53,9 +54,16 @@ def test_nothing_new_scores_nothing_and_preconditioning_changes_the_ranking(tmp_
 
 @pytest.mark.slow
 def test_with_the_default_lora_adam_teacher_an_update_equals_a_rebuild_on_the_same_adapters(tmp_path, local_lm):
-    build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl"], local_lm, projection=DEFAULT_TEACHER)
+    first = build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl"], local_lm, projection=DEFAULT_TEACHER)
+    cache = open_store(Paths(tmp_path / "inc")).root / CEILING_POOL_CACHE
+    pool_rows = dict(np.load(cache))
     added = build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, projection=DEFAULT_TEACHER)
-    assert added.metadata["mode"] == "incremental"
+    assert added.metadata["mode"] == "incremental" and added.metadata["anchors_heldout"] > first.metadata["anchors_heldout"]
+    # The new held-out anchors' ceiling rows were extracted; the pool's were read back, not re-extracted.
+    with connect_readonly(tmp_path / "inc") as con:
+        pool = con.execute("SELECT DISTINCT sample_id FROM scores WHERE kind = 'eval_ceiling'").fetchall()
+    assert sorted(int(q) for q in pool_rows["query_id"]) == sorted(p for (p,) in pool)
+    assert all(np.array_equal(pool_rows[k], v) for k, v in np.load(cache).items())
     # The adapters are warmed up on the corpus present when base_model ran: the rebuild reuses them.
     shutil.copytree(tmp_path / "inc" / "models", tmp_path / "full" / "models")
     build(tmp_path / "full", tmp_path / "full-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, projection=DEFAULT_TEACHER)
