@@ -123,7 +123,9 @@ class EncoderConfig(_Section):
     objective: Literal["gradient_sketch", "rankings"] = Field(
         "gradient_sketch", description="gradient_sketch: index documents are their gradient rows compressed to sketch_dim, "
         "the encoder learns to predict a text's sketch; rankings: a two-tower student distilled on the teacher's rankings")
-    sketch_dim: int = Field(256, ge=1, description="gradient_sketch: top singular directions of the store kept per document")
+    sketch_dim: int = Field(1024, ge=1, description="gradient_sketch: top singular directions of the store kept per document. "
+                            "On 20,000 real passages 1,024 kept 0.81 of the full rows' top-10 (256: 0.47) and the "
+                            "re-rank at depth 100 0.998 (256: 0.88); the index holds 4 KB per sample flat, 1 KB with ivf_sq8")
     sketch_epochs: int = Field(4, ge=0, description="gradient_sketch: fine-tuning epochs after the closed-form ridge head (0 = head only)")
     sketch_finetune_max: int = Field(10_000, ge=1, description="gradient_sketch: training samples fine-tuned on (a random subset "
                                      "beyond that; the ridge head sees all). About 20 s per 1,000 samples per epoch on 2 cores with 3 layers")

@@ -2,8 +2,9 @@
 queries go through the encoder.
 
 The store's unit rows are projected onto their top ``k`` right singular vectors (the *sketch*
-basis); inner products of sketches approximate the teacher's cosines (on the demo, k = 256 keeps
-a per-query Spearman of 0.986 with the full rows). The encoder gets a linear head that predicts a
+basis); inner products of sketches approximate the teacher's cosines. ``k`` must grow with the
+corpus: a query's own gradient, sketched, finds 0.47 of its full-row top-10 among 20,000 real
+passages at k = 256 and 0.81 at k = 1,024 (the default). The encoder gets a linear head that predicts a
 text's sketch from its embedding: fitted in closed form by ridge regression on every training
 sample of the store, then optionally fine-tuned with sentence-transformers' ``MSELoss``. A query is
 one encoder pass and an inner product against the indexed sketches.
