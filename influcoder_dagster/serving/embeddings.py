@@ -35,6 +35,7 @@ class ServingEncoder:
 
     cfg: Config
     registered_version: str | None
+    run_id: str | None = None
     _model: Any = None
     _sketch: Any = False  # False: not looked up yet
 
@@ -48,8 +49,8 @@ class ServingEncoder:
 
     @property
     def version(self) -> str:
-        if self.registered_version is not None:
-            return f"v{self.registered_version}"
+        if self.registered_version is not None:  # the run too: files of another model never match
+            return f"v{self.registered_version}-{(self.run_id or '')[:8]}"
         layers = f":{self.cfg.encoder.layers}-layers" if self.cfg.encoder.layers != -1 else ""
         return f"base:{self.cfg.encoder.base or 'all-MiniLM-L6-v2'}{layers}"
 
@@ -64,7 +65,8 @@ class ServingEncoder:
 
 def serving_encoder(cfg: Config) -> ServingEncoder:
     tracking.setup(cfg.home_path)
-    return ServingEncoder(cfg, tracking.champion_version(cfg.encoder.registered_name))
+    champion = tracking.champion_run(cfg.encoder.registered_name)
+    return ServingEncoder(cfg, *champion) if champion else ServingEncoder(cfg, None)
 
 
 def folder(paths: Paths, encoder_version: str) -> Path:

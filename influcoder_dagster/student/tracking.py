@@ -125,13 +125,21 @@ def set_champion(name: str, version: str) -> None:
 
 
 def champion_version(name: str) -> str | None:
+    champion = champion_run(name)
+    return None if champion is None else champion[0]
+
+
+def champion_run(name: str) -> tuple[str, str] | None:
+    """(version, MLflow run id) of the champion. A version number alone does not name one model:
+    a new tracking database (``mlflow.db`` deleted) numbers its versions from 1 again."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+        found = MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+    return str(found.version), str(found.run_id)
 
 
 def log_figures(teacher: np.ndarray, student: np.ndarray, per_anchor_spearman: np.ndarray, epoch_losses: list[dict[str, float]]) -> None:
