@@ -176,17 +176,31 @@ def read_file(path: Path, cfg: DatasetConfig, root: Path | None = None) -> list[
     its blocks of ``cfg.shard_rows`` records. Duplicates within a shard are quarantined here; across
     shards, by :func:`read_dataset` and the corpus manifest."""
     raw = path.read_bytes()
-    records = list(_records(path, raw, cfg.text_field))
-    if len(records) <= cfg.shard_rows:
-        content_hash = hashlib.sha256(raw).hexdigest()
-        return [_shard_of(path, records, shard_name(path, content_hash, root), content_hash, cfg)]
-    return [_shard_of(path, block, block_name(path, b, h := _block_hash(block), root), h, cfg)
-            for b, block in enumerate(_blocks(records, cfg.shard_rows))]
+    return [_shard_of(path, records, name, h, cfg) for name, h, records in _split(path, raw, _parsed(path, raw, cfg), cfg, root)]
 
 
 def read_shard(path: Path, cfg: DatasetConfig, root: Path | None = None, block: int | None = None) -> Shard:
-    """One shard of :func:`read_file`: the whole file (``block`` None) or its ``block``-th block."""
-    return read_file(path, cfg, root)[block or 0]
+    """One shard of :func:`read_file`: the whole file (``block`` None) or its ``block``-th block,
+    validating only that one."""
+    raw = path.read_bytes()
+    name, h, records = _split(path, raw, _parsed(path, raw, cfg), cfg, root)[block or 0]
+    return _shard_of(path, records, name, h, cfg)
+
+
+def _parsed(path: Path, raw: bytes, cfg: DatasetConfig) -> list[tuple[int, Any, str | None]]:
+    return list(_records(path, raw, cfg.text_field))
+
+
+def _split(path: Path, raw: bytes, records: list[Any] | None, cfg: DatasetConfig, root: Path | None
+           ) -> list[tuple[str, str, list[Any] | None]]:
+    """(name, content hash, records) of each shard of a file: the whole file (named by its bytes)
+    when it holds at most ``cfg.shard_rows`` records (or ``records`` is None: not parsed), else its
+    blocks, each named by its index and its own records."""
+    if records is None or len(records) <= cfg.shard_rows:
+        content_hash = hashlib.sha256(raw).hexdigest()
+        return [(shard_name(path, content_hash, root), content_hash, records)]
+    return [(block_name(path, b, h := _block_hash(block), root), h, block)
+            for b, block in enumerate(_blocks(records, cfg.shard_rows))]
 
 
 def _shard_of(path: Path, records: list[tuple[int, Any, str | None]], name: str, content_hash: str, cfg: DatasetConfig) -> Shard:
@@ -292,12 +306,11 @@ def file_shards(path: Path, cfg: DatasetConfig, root: Path | None = None) -> dic
     change the last one), and a changed row renames only its block, so only that block is rebuilt."""
     raw = path.read_bytes()
     try:
-        records = None if _few_records(path, raw, cfg.shard_rows) else list(_records(path, raw, cfg.text_field))
+        records = None if _few_records(path, raw, cfg.shard_rows) else _parsed(path, raw, cfg)
     except DatasetError:  # an unusable file stays one shard: its corpus run reports the error
         records = None
-    if records is None or len(records) <= cfg.shard_rows:
-        return {shard_name(path, hashlib.sha256(raw).hexdigest(), root): None}
-    return {block_name(path, b, _block_hash(block), root): b for b, block in enumerate(_blocks(records, cfg.shard_rows))}
+    shards = _split(path, raw, records, cfg, root)
+    return {name: b if len(shards) > 1 else None for b, (name, _, _) in enumerate(shards)}
 
 
 def _blocks(records: list[Any], n: int) -> list[list[Any]]:
