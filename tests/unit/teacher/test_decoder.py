@@ -1,9 +1,11 @@
 import pytest
+import torch
 
 from influcoder_dagster.core.config import ModelConfig
 from influcoder_dagster.core.errors import ConfigError, DatasetError
 from influcoder_dagster.data.tokens import tokenize_for_loss
-from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash, train_tiny_decoder
+from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash, train_tiny_decoder, train_tokenizer
+from influcoder_dagster.teacher.tiny_training import TinyDecoderTraining, epochs_folder, training_folder
 
 TEXTS = [f"The function number {i} returns a list of {i % 5} items." for i in range(40)]
 
@@ -29,6 +31,31 @@ def test_a_retrain_on_a_subset_keeps_the_given_tokenizer(tmp_path):
     _, own = load_decoder(train_tiny_decoder(TEXTS[:5], cfg, tmp_path / "own", progress=False))
     assert subset.get_vocab() == full.get_vocab()
     assert own.get_vocab() != full.get_vocab()  # without it, a subset trains a vocabulary of its own
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_continues_step_for_step(tmp_path):
+    """A run stopped mid-epoch (its last saved state kept) and started again ends with the weights of
+    a run never stopped, and leaves no state behind."""
+    cfg = ModelConfig(vocab_size=300, n_layer=1, n_embd=32, n_head=2, epochs=3, batch_size=4, max_length=32)
+    whole, _ = load_decoder(train_tiny_decoder(TEXTS, cfg, tmp_path / "whole", progress=False, keep_epochs=[1]))
+    out = tmp_path / "stopped"
+    start = lambda: TinyDecoderTraining(TEXTS, cfg, out, lambda texts: train_tokenizer(texts, cfg.vocab_size), keep_epochs=[1])  # noqa: E731
+    run = start()
+    assert run.total == 30
+    for step in run.steps():
+        if step == 13:  # three batches into the second epoch
+            break
+    run.save_state()
+    assert not out.exists() and (epochs_folder(out) / "epoch-1" / "config.json").is_file()
+    again = start()
+    assert again.step == 13
+    for _ in again.steps():
+        pass
+    resumed, _ = load_decoder(again.finish())
+    assert not training_folder(out).exists()
+    expected = whole.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in resumed.state_dict().items())
 
 
 def test_loss_tokens_start_with_bos_and_after_the_prompt(tiny_lm):
