@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +52,31 @@ def real_rows(cfg: Any) -> tuple[np.ndarray, np.ndarray]:
     return ids[keep], rows[keep]
 
 
-def measure(config: Path, dims: list[int], n_queries: int) -> dict[str, Any]:
-    from influcoder_dagster.core.config import load_config
+@dataclass
+class Asked:
+    """Held-out anchors asked as a user asks, against a home's real rows: their own gradients, the
+    gradient path's whole-store top-10 (their own sample left out) and the training rows' mask."""
+
+    rankings: Any
+    ids: np.ndarray
+    rows: np.ndarray
+    queries: list[str]
+    own: np.ndarray
+    gradients: np.ndarray
+    exact: np.ndarray
+    tops: list[list[int]]
+    train: np.ndarray
+
+
+def ask(cfg: Any, n_queries: int) -> Asked:
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.stages.encoder import read_rankings
-    from influcoder_dagster.student.sketch import fit_sketch
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.query_gradients import QueryGradients
     from influcoder_dagster.teacher.scoring import unit_rows
     from influcoder_dagster.teacher.store import open_store
 
-    cfg = load_config(config)
     paths, rankings = Paths(cfg.home_path), read_rankings(cfg)
     data, (ids, rows) = rankings.data, real_rows(cfg)
     by_text, real = dict(zip(data.corpus_texts, data.corpus_ids.tolist(), strict=True)), set(ids.tolist())
@@ -76,7 +90,17 @@ def measure(config: Path, dims: list[int], n_queries: int) -> dict[str, Any]:
     exact[ids[None, :] == own[:, None]] = -np.inf
     tops = [ids[np.argsort(-r)[:K]].tolist() for r in exact]
     train = np.isin(ids, np.asarray(rankings.train[0], dtype=np.int64))
-    out: dict[str, Any] = {"n_rows": len(ids), "n_train_rows": int(train.sum()), "n_queries": len(queries),
+    return Asked(rankings, ids, rows, queries, own, q, exact, tops, train)
+
+
+def measure(config: Path, dims: list[int], n_queries: int) -> dict[str, Any]:
+    from influcoder_dagster.core.config import load_config
+    from influcoder_dagster.student.sketch import fit_sketch
+
+    cfg = load_config(config)
+    a = ask(cfg, n_queries)
+    ids, rows, own, q, exact, tops, train = a.ids, a.rows, a.own, a.gradients, a.exact, a.tops, a.train
+    out: dict[str, Any] = {"n_rows": len(ids), "n_train_rows": int(train.sum()), "n_queries": len(a.queries),
                            "row_dim": rows.shape[1], "dims": {}}
     for k in dims:
         start = time.perf_counter()

@@ -1,0 +1,227 @@
+"""Which features let a linear head predict a query's gradient sketch? Encoder-path recovery by feature set.
+
+    python benchmarks/student_features.py --config WORK/influcoder.toml --name real20k [--queries 300]
+        [--json benchmarks/results/student_features.json]
+
+On a built home (``fidelity.py``'s or ``planted.py``'s), the sketch basis is fitted on training rows
+only (as the encoder stage fits it, at the default width), and a ridge head is fitted from each feature
+set of the training texts to their query-side sketches. Its alpha is chosen on a tenth of the
+training samples held back from the fit (mean cosine), never on the queries. Held-out anchors are
+then asked as a user asks (their text; their own sample left out) and ``recovery_at_10`` is the
+share of the gradient path's whole-store top-10 that an exact search with the predicted sketch
+finds; ``oracle`` is the query's own sketched gradient (the ceiling). Feature sets:
+
+* ``minilm_output``: the default encoder's frozen sentence embedding (what today's ridge head reads);
+* ``minilm_layers``: mean-pooled hidden states of every layer of the full six-layer MiniLM;
+* ``decoder_ngrams`` / ``wordpiece_ngrams``: tokens and token pairs of the decoder's / MiniLM's
+  tokenizer, hashed into 8,192 buckets, sublinear tf-idf;
+* ``decoder_states``: the decoder's mean-pooled hidden states, every layer of every scored checkpoint
+  (forward only, no gradient);
+* ``minilm_layers+decoder_ngrams``, ``decoder_states+decoder_ngrams``: both, each block scaled to unit norm.
+
+Rows with a ``planted`` field are left out of queries, documents and fits. One home's row replaces
+the JSON's row of the same ``--name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.fidelity import exact_recovery  # noqa: E402
+from benchmarks.planted import provenance  # noqa: E402
+from benchmarks.sketch_width import ask  # noqa: E402
+
+ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+BUCKETS = 2**13
+
+
+def ridge(train: Any, targets: np.ndarray, val: np.ndarray) -> tuple[Callable[[Any], np.ndarray], float]:
+    """A ridge map (with bias) from ``train`` features to ``targets``, alpha chosen on the ``val`` rows
+    held back from the fit (one eigendecomposition serves every alpha), then refitted on all rows."""
+    import scipy.linalg
+    import scipy.sparse as sp
+
+    def with_bias(x: Any) -> Any:
+        return sp.hstack([sp.csr_matrix(x), np.ones((x.shape[0], 1), dtype=np.float32)]).tocsr().astype(np.float32)
+
+    x, scale = with_bias(train), train.shape[0] / 1000
+    fit_x = x[~val]
+    values, vectors = scipy.linalg.eigh((fit_x.T @ fit_x).toarray())
+    projected = vectors.T @ np.asarray(fit_x.T @ targets[~val])
+    scores = {a: _mean_cosine(np.asarray(x[val] @ (vectors @ (projected / (values + a * scale)[:, None]))), targets[val]) for a in ALPHAS}
+    alpha = max(scores, key=scores.get)
+    gram = (x.T @ x).toarray() + alpha * scale * np.eye(x.shape[1], dtype=np.float32)
+    w = scipy.linalg.solve(gram, np.asarray(x.T @ targets), assume_a="pos")
+    return (lambda q: np.asarray(with_bias(q) @ w)), alpha
+
+
+def _mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
+    pred = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+    return float((pred * targets).sum(1).mean())
+
+
+def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queries: list[str]) -> tuple[Any, Any]:
+    """Tokens and adjacent token pairs, hashed, sublinear tf-idf (fitted on ``train``), unit rows."""
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
+    def grams(text: str) -> list[str]:
+        ids = [str(i) for i in tokenize(text)]
+        return ids + [f"{a}_{b}" for a, b in zip(ids, ids[1:])]
+
+    hashed = HashingVectorizer(analyzer=grams, n_features=BUCKETS, alternate_sign=False, norm=None)
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(hashed.transform(train))
+    return tfidf.transform(hashed.transform(train)), tfidf.transform(hashed.transform(queries))
+
+
+def minilm_layers(cfg: Any, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Mean-pooled hidden states of every layer (embeddings included) of the full starting encoder."""
+    import torch
+
+    from influcoder_dagster.student.encoder import load_encoder
+
+    st = load_encoder(cfg.encoder.model_copy(update={"layers": -1}))
+    model, tok = st[0].auto_model, st[0].tokenizer
+    out = []
+    for s in range(0, len(texts), batch):
+        b = tok(texts[s:s + batch], padding=True, truncation=True, max_length=cfg.encoder.max_seq_length, return_tensors="pt")
+        with torch.no_grad():
+            states = model(**b, output_hidden_states=True).hidden_states
+        m = b["attention_mask"][..., None].float()
+        out.append(torch.cat([(h * m).sum(1) / m.sum(1) for h in states], 1).numpy())
+    return np.concatenate(out)
+
+
+def decoder_states(base: dict[str, Any], max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Mean-pooled hidden states of every layer of every checkpoint the teacher scores (forward only)."""
+    import torch
+
+    from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
+    from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
+
+    decoders = load_checkpoint_decoders(base)
+    tok = decoders[-1][1]
+    enc = [e.input_ids for e in tokenize_for_loss(tok, texts, max_length)]
+    out = []
+    for s in range(0, len(enc), batch):
+        ids, mask = pad_batch(enc[s:s + batch], tok.pad_token_id)
+        m = mask[..., None].float()
+        with torch.no_grad():
+            parts = [(h * m).sum(1) / m.sum(1) for model, _, _ in decoders
+                     for h in model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states]
+        out.append(torch.cat(parts, 1).numpy())
+    return np.concatenate(out)
+
+
+def standardized(train: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-scored on the training rows, then scaled so a row's norm is about 1 (blocks weigh alike)."""
+    mu, sd = train.mean(0), train.std(0) + 1e-6
+    scale = np.sqrt(train.shape[1])
+    return (train - mu) / sd / scale, (queries - mu) / sd / scale
+
+
+def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Callable[[], tuple[Any, Any]]]:
+    """Each feature set as (training texts' features, queries' features), computed when asked for."""
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.student.encoder import encode, load_encoder
+    from influcoder_dagster.teacher.base_model import base_model_record
+    from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
+
+    base = base_model_record(Paths(cfg.home_path))
+    decoder_tok = load_checkpoint_decoders(base)[-1][1]
+    minilm = load_encoder(cfg.encoder)
+    cache: dict[str, tuple[Any, Any]] = {}
+
+    def once(name: str, make: Callable[[], tuple[Any, Any]]) -> Callable[[], tuple[Any, Any]]:
+        return lambda: cache[name] if name in cache else cache.setdefault(name, make())
+
+    def combined(dense: Callable[[], tuple[Any, Any]]) -> Callable[[], tuple[Any, Any]]:
+        import scipy.sparse as sp
+
+        def both() -> tuple[Any, Any]:
+            (dt, dq), (nt, nq) = dense(), decoder_grams()
+            return sp.hstack([sp.csr_matrix(dt), nt]).tocsr(), sp.hstack([sp.csr_matrix(dq), nq]).tocsr()
+
+        return both
+
+    output = once("minilm_output", lambda: standardized(encode(minilm, train_texts, "query"), encode(minilm, asked.queries, "query")))
+    layers = once("minilm_layers", lambda: standardized(minilm_layers(cfg, train_texts), minilm_layers(cfg, asked.queries)))
+    decoder_grams = once("decoder_ngrams", lambda: ngram_features(
+        lambda t: decoder_tok(t, truncation=True, max_length=cfg.model.max_length)["input_ids"], train_texts, asked.queries))
+    wordpiece = once("wordpiece_ngrams", lambda: ngram_features(
+        lambda t: minilm.tokenizer(t, truncation=True, max_length=cfg.encoder.max_seq_length, add_special_tokens=False)["input_ids"],
+        train_texts, asked.queries))
+    states = once("decoder_states", lambda: standardized(decoder_states(base, cfg.model.max_length, train_texts),
+                                                         decoder_states(base, cfg.model.max_length, asked.queries)))
+    return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "wordpiece_ngrams": wordpiece,
+            "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states)}
+
+
+def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, Any]:
+    from influcoder_dagster.core.config import load_config
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.student.sketch import fit_sketch
+    from influcoder_dagster.teacher.pair_teacher import pair_teacher_for
+
+    cfg = load_config(config)
+    asked = ask(cfg, n_queries)
+    ids, rows, train = asked.ids, asked.rows, asked.train
+    by_id = dict(zip(asked.rankings.data.corpus_ids.tolist(), asked.rankings.data.corpus_texts, strict=True))
+    train_texts = [by_id[int(i)] for i in ids[train]]
+    sketch = fit_sketch(rows[train], cfg.encoder.sketch_dim, seed=cfg.encoder.seed)
+    pair_teacher = pair_teacher_for(cfg, Paths(cfg.home_path), asked.rankings.provenance["store_key"])
+    targets, docs = sketch.targets(pair_teacher.query_side(rows[train])), sketch.documents(rows)
+    own, tops = asked.own.tolist(), asked.tops
+    oracle = sketch.targets(asked.gradients)
+    out: dict[str, Any] = {"n_rows": len(ids), "n_train_rows": int(train.sum()), "n_queries": len(asked.queries),
+                           "sketch_dim": sketch.dim, "oracle_recovery_at_10": exact_recovery(oracle, ids, docs, own, tops), "features": {}}
+    print("oracle", out["oracle_recovery_at_10"], flush=True)
+    val = np.random.default_rng(cfg.encoder.seed).random(len(targets)) < 0.1  # a tenth of the training rows picks alpha
+    for name, make in feature_sets(cfg, asked, train_texts).items():
+        if only and name not in only:
+            continue
+        start = time.perf_counter()
+        train_x, query_x = make()
+        head, alpha = ridge(train_x, targets, val)
+        pred = head(query_x)
+        pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+        row = {"recovery_at_10": exact_recovery(pred, ids, docs, own, tops), "cosine_to_oracle": _mean_cosine(pred, oracle),
+               "dim": int(train_x.shape[1]), "alpha": alpha, "seconds": round(time.perf_counter() - start, 1)}
+        out["features"][name] = row
+        print(name, row, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, required=True, help="the built home's influcoder.toml")
+    ap.add_argument("--name", required=True, help="the home's row in the JSON")
+    ap.add_argument("--queries", type=int, default=300, help="held-out anchors asked as a user asks")
+    ap.add_argument("--only", nargs="*", help="feature sets to measure (default: all)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    from influcoder_dagster.core.quiet import quiet_libraries
+
+    quiet_libraries()
+    row = {"name": args.name, **provenance("benchmarks/student_features.py"), **measure(args.config, args.queries, args.only)}
+    if args.json:
+        old = json.loads(args.json.read_text()) if args.json.exists() else {"homes": []}
+        before = next((h for h in old["homes"] if h["name"] == args.name), None)
+        if args.only and before:  # the feature sets not re-measured keep their figures and the commit that measured them
+            kept = {k: {**v, "commit": v.get("commit", before["commit"])} for k, v in before["features"].items() if k not in args.only}
+            row["features"] = kept | {k: {**v, "commit": row["commit"]} for k, v in row["features"].items()}
+        args.json.write_text(json.dumps({"homes": [h for h in old["homes"] if h["name"] != args.name] + [row]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
