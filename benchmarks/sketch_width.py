@@ -119,6 +119,18 @@ def measure(config: Path, dims: list[int], n_queries: int) -> dict[str, Any]:
     return out
 
 
+def home_row(path: Path, name: str) -> dict[str, Any] | None:
+    """The row of home ``name`` in a ``{"homes": [...]}`` JSON, if it has one."""
+    homes = json.loads(path.read_text())["homes"] if path.exists() else []
+    return next((h for h in homes if h["name"] == name), None)
+
+
+def replace_home_row(path: Path, row: dict[str, Any]) -> None:
+    """Write ``row`` into a ``{"homes": [...]}`` JSON, in place of any row of the same name."""
+    homes = json.loads(path.read_text())["homes"] if path.exists() else []
+    path.write_text(json.dumps({"homes": [h for h in homes if h["name"] != row["name"]] + [row]}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, required=True, help="the built home's influcoder.toml")
@@ -133,8 +145,7 @@ def main() -> None:
     quiet_libraries()
     row = {"name": args.name, **provenance("benchmarks/sketch_width.py"), **measure(args.config, args.dims, args.queries)}
     if args.json:
-        old = json.loads(args.json.read_text()) if args.json.exists() else {"homes": []}
-        args.json.write_text(json.dumps({"homes": [h for h in old["homes"] if h["name"] != args.name] + [row]}, indent=1))
+        replace_home_row(args.json, row)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ the JSON's row of the same ``--name``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fidelity import exact_recovery  # noqa: E402
 from benchmarks.planted import provenance  # noqa: E402
-from benchmarks.sketch_width import ask  # noqa: E402
+from benchmarks.sketch_width import ask, home_row, replace_home_row  # noqa: E402
 
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 BUCKETS = 2**13
@@ -83,17 +82,14 @@ def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queri
     return tfidf.transform(hashed.transform(train)), tfidf.transform(hashed.transform(queries))
 
 
-def minilm_layers(cfg: Any, texts: list[str], batch: int = 64) -> np.ndarray:
-    """Mean-pooled hidden states of every layer (embeddings included) of the full starting encoder."""
+def minilm_layers(st: Any, max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Mean-pooled hidden states of every layer (embeddings included) of the sentence-transformers model ``st``."""
     import torch
 
-    from influcoder_dagster.student.encoder import load_encoder
-
-    st = load_encoder(cfg.encoder.model_copy(update={"layers": -1}))
     model, tok = st[0].auto_model, st[0].tokenizer
     out = []
     for s in range(0, len(texts), batch):
-        b = tok(texts[s:s + batch], padding=True, truncation=True, max_length=cfg.encoder.max_seq_length, return_tensors="pt")
+        b = tok(texts[s:s + batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         with torch.no_grad():
             states = model(**b, output_hidden_states=True).hidden_states
         m = b["attention_mask"][..., None].float()
@@ -101,14 +97,12 @@ def minilm_layers(cfg: Any, texts: list[str], batch: int = 64) -> np.ndarray:
     return np.concatenate(out)
 
 
-def decoder_states(base: dict[str, Any], max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
+def decoder_states(decoders: list[Any], max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
     """Mean-pooled hidden states of every layer of every checkpoint the teacher scores (forward only)."""
     import torch
 
     from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
-    from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
 
-    decoders = load_checkpoint_decoders(base)
     tok = decoders[-1][1]
     enc = [e.input_ids for e in tokenize_for_loss(tok, texts, max_length)]
     out = []
@@ -137,8 +131,10 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
     from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
 
     base = base_model_record(Paths(cfg.home_path))
-    decoder_tok = load_checkpoint_decoders(base)[-1][1]
-    minilm = load_encoder(cfg.encoder)
+    decoders = load_checkpoint_decoders(base)
+    decoder_tok = decoders[-1][1]
+    minilm, full = load_encoder(cfg.encoder), load_encoder(cfg.encoder.model_copy(update={"layers": -1}))
+    length = cfg.encoder.max_seq_length
     cache: dict[str, tuple[Any, Any]] = {}
 
     def once(name: str, make: Callable[[], tuple[Any, Any]]) -> Callable[[], tuple[Any, Any]]:
@@ -154,14 +150,15 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
         return both
 
     output = once("minilm_output", lambda: standardized(encode(minilm, train_texts, "query"), encode(minilm, asked.queries, "query")))
-    layers = once("minilm_layers", lambda: standardized(minilm_layers(cfg, train_texts), minilm_layers(cfg, asked.queries)))
+    layers = once("minilm_layers", lambda: standardized(minilm_layers(full, length, train_texts),
+                                                                     minilm_layers(full, length, asked.queries)))
     decoder_grams = once("decoder_ngrams", lambda: ngram_features(
         lambda t: decoder_tok(t, truncation=True, max_length=cfg.model.max_length)["input_ids"], train_texts, asked.queries))
     wordpiece = once("wordpiece_ngrams", lambda: ngram_features(
-        lambda t: minilm.tokenizer(t, truncation=True, max_length=cfg.encoder.max_seq_length, add_special_tokens=False)["input_ids"],
+        lambda t: minilm.tokenizer(t, truncation=True, max_length=length, add_special_tokens=False)["input_ids"],
         train_texts, asked.queries))
-    states = once("decoder_states", lambda: standardized(decoder_states(base, cfg.model.max_length, train_texts),
-                                                         decoder_states(base, cfg.model.max_length, asked.queries)))
+    states = once("decoder_states", lambda: standardized(decoder_states(decoders, cfg.model.max_length, train_texts),
+                                                         decoder_states(decoders, cfg.model.max_length, asked.queries)))
     return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "wordpiece_ngrams": wordpiece,
             "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states)}
 
@@ -215,12 +212,11 @@ def main() -> None:
     quiet_libraries()
     row = {"name": args.name, **provenance("benchmarks/student_features.py"), **measure(args.config, args.queries, args.only)}
     if args.json:
-        old = json.loads(args.json.read_text()) if args.json.exists() else {"homes": []}
-        before = next((h for h in old["homes"] if h["name"] == args.name), None)
+        before = home_row(args.json, args.name)
         if args.only and before:  # the feature sets not re-measured keep their figures and the commit that measured them
             kept = {k: {**v, "commit": v.get("commit", before["commit"])} for k, v in before["features"].items() if k not in args.only}
             row["features"] = kept | {k: {**v, "commit": row["commit"]} for k, v in row["features"].items()}
-        args.json.write_text(json.dumps({"homes": [h for h in old["homes"] if h["name"] != args.name] + [row]}, indent=1))
+        replace_home_row(args.json, row)
 
 
 if __name__ == "__main__":
