@@ -15,6 +15,9 @@ finds; ``oracle`` is the query's own sketched gradient (the ceiling). Feature se
 * ``minilm_layers``: mean-pooled hidden states of every layer of the full six-layer MiniLM;
 * ``decoder_ngrams`` / ``wordpiece_ngrams``: tokens and token pairs of the decoder's / MiniLM's
   tokenizer, hashed into 8,192 buckets, sublinear tf-idf;
+* ``decoder_tokens``: the decoder's tokens alone, idf-weighted and averaged over the text: what a
+  sentence-transformers ``StaticEmbedding`` on the decoder's tokenizer computes, so a head fitted on
+  it serves as one embedding-bag lookup;
 * ``decoder_states``: the decoder's mean-pooled hidden states, every layer of every scored checkpoint
   (forward only, no gradient);
 * ``minilm_layers+decoder_ngrams``, ``decoder_states+decoder_ngrams``: both, each block scaled to unit norm.
@@ -80,6 +83,21 @@ def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queri
     hashed = HashingVectorizer(analyzer=grams, n_features=BUCKETS, alternate_sign=False, norm=None)
     tfidf = TfidfTransformer(sublinear_tf=True).fit(hashed.transform(train))
     return tfidf.transform(hashed.transform(train)), tfidf.transform(hashed.transform(queries))
+
+
+def token_mean_features(tokenize: Callable[[str], list[int]], vocab: int, train: list[str], queries: list[str]) -> tuple[Any, Any]:
+    """Token counts over the text's length, each token weighted by its smoothed idf on ``train``."""
+    import scipy.sparse as sp
+
+    def counts(texts: list[str]) -> Any:
+        ids = [tokenize(t) for t in texts]
+        rows = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
+        x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate(ids).astype(np.int64))), shape=(len(ids), vocab))
+        return sp.diags(1 / np.maximum([len(i) for i in ids], 1)) @ x
+
+    train_x = counts(train)
+    idf = np.log((1 + len(train)) / (1 + np.bincount(train_x.indices, minlength=vocab))) + 1
+    return (train_x @ sp.diags(idf)).tocsr().astype(np.float32), (counts(queries) @ sp.diags(idf)).tocsr().astype(np.float32)
 
 
 def minilm_layers(st: Any, max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
@@ -154,13 +172,16 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
                                                                      minilm_layers(full, length, asked.queries)))
     decoder_grams = once("decoder_ngrams", lambda: ngram_features(
         lambda t: decoder_tok(t, truncation=True, max_length=cfg.model.max_length)["input_ids"], train_texts, asked.queries))
+    tokens = once("decoder_tokens", lambda: token_mean_features(
+        lambda t: decoder_tok(t, truncation=True, max_length=cfg.model.max_length, add_special_tokens=False)["input_ids"],
+        len(decoder_tok), train_texts, asked.queries))
     wordpiece = once("wordpiece_ngrams", lambda: ngram_features(
         lambda t: minilm.tokenizer(t, truncation=True, max_length=length, add_special_tokens=False)["input_ids"],
         train_texts, asked.queries))
     states = once("decoder_states", lambda: standardized(decoder_states(decoders, cfg.model.max_length, train_texts),
                                                          decoder_states(decoders, cfg.model.max_length, asked.queries)))
-    return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "wordpiece_ngrams": wordpiece,
-            "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states)}
+    return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "decoder_tokens": tokens,
+            "wordpiece_ngrams": wordpiece, "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states)}
 
 
 def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, Any]:
