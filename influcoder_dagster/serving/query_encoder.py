@@ -47,6 +47,12 @@ def _query_graph(model: Any, names: list[str]) -> Any:
     return QueryGraph().eval()
 
 
+def exportable(model: Any) -> bool:
+    """Whether ``model`` reads padded token matrices (a transformer). An embedding bag
+    (``StaticEmbedding``) reads one flat token list and is a table lookup already: nothing to export."""
+    return bool(_input_names(model))
+
+
 def export_onnx(model: Any, folder: Path) -> dict[str, Any]:
     """Write ``folder/query.onnx`` for ``model``'s query role; raises if ONNX Runtime disagrees with torch."""
     import torch
@@ -100,8 +106,15 @@ class QueryEncoder:
         self._names = [i.name for i in self.session.get_inputs()] if self.session is not None else []
 
     def tokens_read(self, texts: list[str]) -> list[tuple[int, int]]:
-        """(tokens in the text, tokens the encoder reads) per text: the encoder truncates at ``max_seq_length``."""
-        tokenizer, limit = self.model.tokenizer, self.model.max_seq_length
+        """(tokens in the text, tokens the encoder reads) per text: a transformer truncates at
+        ``max_seq_length``, the decoder-token bag where the teacher's tokenizer truncates."""
+        from tokenizers import Tokenizer
+
+        tokenizer = self.model.tokenizer
+        if isinstance(tokenizer, Tokenizer):  # the token bag's own tokenizer, truncation included
+            encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+            return [(len(e.ids) + sum(len(o.ids) for o in e.overflowing), len(e.ids)) for e in encodings]
+        limit = self.model.max_seq_length
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
         return [(n, min(n, limit)) for n in lengths]
 

@@ -32,7 +32,7 @@ from influcoder_dagster.serving.index import (
     save_index,
     sync_index,
 )
-from influcoder_dagster.serving.query_encoder import ONNX_NAME, export_onnx
+from influcoder_dagster.serving.query_encoder import ONNX_NAME, export_onnx, exportable
 from influcoder_dagster.stages.result import StageResult
 from influcoder_dagster.student.sketch import BASIS_FILE
 
@@ -69,7 +69,7 @@ def run_embedding_index(cfg: Config, progress: bool = True) -> StageResult:
                 sketch.save(folder / BASIS_FILE)
         if not cfg.index.onnx_query_encoder:  # switched off: queries go through torch
             (folder / ONNX_NAME).unlink(missing_ok=True)
-        elif not (folder / ONNX_NAME).exists():
+        elif not (folder / ONNX_NAME).exists() and exportable(encoder.model()):
             onnx.update(export_onnx(encoder.model(), folder))
 
     seconds = time.perf_counter() - started

@@ -117,7 +117,7 @@ def with_sketch_head(model: SentenceTransformer, texts: list[str], targets: np.n
         modules.append(Normalize())
     student = SentenceTransformer(modules=[*modules, head, Normalize()], device="cpu")
     student.max_seq_length = model.max_seq_length
-    return student, {"ridge_alpha": float(ridge.alpha_), "train_cosine": _mean_cosine(ridge.predict(features), targets)}
+    return student, {"ridge_alpha": float(ridge.alpha_), "train_cosine": mean_cosine(ridge.predict(features), targets)}
 
 
 def fine_tune(model: SentenceTransformer, texts: list[str], targets: np.ndarray, cfg: EncoderConfig, batch_size: int = 32,
@@ -153,5 +153,5 @@ def fine_tune(model: SentenceTransformer, texts: list[str], targets: np.ndarray,
     return losses
 
 
-def _mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
+def mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
     return float((unit_rows(pred) * unit_rows(targets)).sum(1).mean())

@@ -13,10 +13,13 @@ import numpy as np
 
 from influcoder_dagster.core.config import Config
 from influcoder_dagster.core.errors import MissingUpstreamError
+from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.student.distill import TrainResult
 from influcoder_dagster.student.encoder import encode
 from influcoder_dagster.student.evaluation import EvalSet
 from influcoder_dagster.student.sketch import Sketch, fine_tune, fit_sketch, with_sketch_head
+from influcoder_dagster.student.token_bag import decoder_tokenizer, token_bag_student
+from influcoder_dagster.teacher.base_model import base_model_record
 from influcoder_dagster.teacher.pair_teacher import PairTeacher
 
 SKETCH_BATCH = 32
@@ -38,16 +41,21 @@ class SketchScorer:
 def train_sketch_student(cfg: Config, start: Any, pair_teacher: PairTeacher, data: EvalSet, train: tuple[list[int], list[str]],
                          on_epoch: Callable[[int, dict[str, float]], None], progress: bool
                          ) -> tuple[Any, SketchScorer, TrainResult, dict[str, Any]]:
-    """Fit the sketch on the store, the ridge head on ``start`` (the starting encoder) over the
-    training samples ``train`` (ids, texts), then fine-tune."""
+    """Fit the sketch on the store, then the query side over the training samples ``train`` (ids,
+    texts): the decoder-token bag, or a ridge head on ``start`` (the starting encoder) that is
+    then fine-tuned."""
     e, store = cfg.encoder, pair_teacher.store
     rng = np.random.default_rng(e.seed)
     train_ids, train_texts = train
     sketch = fit_training_sketch(cfg, store, np.asarray(train_ids, dtype=np.int64), pair_teacher.damping)
     doc_ids, doc_vectors, targets = _sketch_pass(store, sketch, np.asarray(train_ids, dtype=np.int64), pair_teacher, cfg.rankings.block_rows)
-    model, fit = with_sketch_head(start, train_texts, targets)
+    if e.reads_decoder_tokens:
+        tokenizer = decoder_tokenizer(base_model_record(Paths(cfg.home_path))["path"], cfg.model.max_length)
+        model, fit = token_bag_student(tokenizer, train_texts, targets)
+    else:
+        model, fit = with_sketch_head(start, train_texts, targets)
     result = TrainResult()
-    if e.sketch_epochs > 0:
+    if e.sketch_epochs > 0 and not e.reads_decoder_tokens:  # the bag is linear: ridge already is its least-squares fit
         tune = np.sort(rng.choice(len(train_texts), min(len(train_texts), e.sketch_finetune_max), replace=False))
         losses = fine_tune(model, [train_texts[i] for i in tune], targets[tune], e, SKETCH_BATCH, progress)
         for ep, loss in enumerate(losses):

@@ -79,4 +79,8 @@ def test_a_killed_extraction_resumes_and_matches_an_uninterrupted_run(tmp_path, 
     assert worker.wait() == -signal.SIGKILL, "the extraction finished before it could be killed"
     assert 0 < extract(killed, name) < N  # only the rows not checkpointed before the kill
     assert extract(clean, name) == N
-    assert np.array_equal(finished_rows(killed, name), finished_rows(clean, name))
+    # Equal to float16 rounding: the killed rows came from another process, whose float32 gradients
+    # can differ in the last bits (MKL's kernels follow memory alignment and threads), which rounds
+    # an element one float16 step the other way. A lost, repeated or misplaced row differs by far more.
+    np.testing.assert_allclose(finished_rows(killed, name).astype(np.float32), finished_rows(clean, name).astype(np.float32),
+                               rtol=2 * 2.0**-10, atol=1e-6)

@@ -14,8 +14,10 @@ TRAIN = [f"Return item {i} of the {['list', 'tuple', 'mapping', 'queue'][i % 4]}
 N_HELD = 12
 
 
-def _student(tmp_path, held_rows: np.ndarray, held_texts: list[str]):
+def _student(tmp_path, held_rows: np.ndarray, held_texts: list[str], features: str, decoder):
+    from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.student.encoder import load_encoder
+    from influcoder_dagster.teacher.base_model import write_base_model_record
 
     rng = np.random.default_rng(0)
     train_rows = rng.standard_normal((len(TRAIN), 16)).astype(np.float32)
@@ -25,7 +27,9 @@ def _student(tmp_path, held_rows: np.ndarray, held_texts: list[str]):
     writer.write(np.arange(n), np.concatenate([train_rows, held_rows]))
     writer.finish()
     store.publish({"s": ""}, {}, keep=["s"])
-    cfg = Config.model_validate({"encoder": {"sketch_dim": 4, "sketch_epochs": 1, "train_layers": 1, "max_seq_length": 32, "layers": 1}})
+    cfg = Config.model_validate({"home": str(tmp_path / "home"), "encoder": {
+        "sketch_dim": 4, "sketch_epochs": 1, "train_layers": 1, "max_seq_length": 32, "layers": 1, "query_features": features}})
+    write_base_model_record(Paths(cfg.home_path), {"path": str(decoder), "model_hash": "m"})  # the token bag reads its tokenizer
     data = EvalSet(anchor_texts=held_texts[:4], pool_texts=held_texts[4:], teacher=np.zeros((4, N_HELD - 4)), probe_texts=[],
                    probe_relevant=[], corpus_ids=np.arange(n), corpus_texts=TRAIN + held_texts)
     start = load_encoder(cfg.encoder)
@@ -35,14 +39,15 @@ def _student(tmp_path, held_rows: np.ndarray, held_texts: list[str]):
 
 
 @pytest.mark.slow
-def test_held_out_rows_and_texts_change_neither_the_head_nor_the_fine_tuning(tmp_path):
+@pytest.mark.parametrize("features", ["decoder_tokens", "sentence_encoder"])
+def test_held_out_rows_and_texts_change_neither_the_head_nor_the_fine_tuning(tmp_path, local_lm, features):
     from influcoder_dagster.student.encoder import encode
 
     rng = np.random.default_rng(1)
     first = _student(tmp_path / "a", rng.standard_normal((N_HELD, 16)).astype(np.float32),
-                     [f"Held-out sentence {i} about parsing options." for i in range(N_HELD)])
+                     [f"Held-out sentence {i} about parsing options." for i in range(N_HELD)], features, local_lm)
     other = _student(tmp_path / "b", 50 * rng.standard_normal((N_HELD, 16)).astype(np.float32),
-                     [f"A different held-out text {i} on network sockets." for i in range(N_HELD)])
+                     [f"A different held-out text {i} on network sockets." for i in range(N_HELD)], features, local_lm)
     probes = ["Return the queue after two retries.", "Parse the options of a socket."]
     np.testing.assert_array_equal(encode(first[0], probes, "query"), encode(other[0], probes, "query"))
     assert first[2] == other[2]  # the same ridge alpha, training cosine and sketch
