@@ -104,8 +104,10 @@ def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pip
     for metric, value in evaluation["student"].items():
         assert abs(again[metric] - value) < 1e-6, metric
     index_encoder = SentenceTransformer(str(current_encoder_folder(Paths(home).index)), device="cpu")
+    assert type(logged[0]).__name__ == "StaticEmbedding"  # the default student: a bag of the decoder's tokens
     if meta["embedding_index"]["encoder_version"].startswith(f"v{version}-"):
         np.testing.assert_allclose(index_encoder.encode(texts, normalize_embeddings=True), a, atol=1e-5)
+        assert meta["embedding_index"]["query_backend"] == "torch"  # a table lookup: nothing exported to ONNX
     # the logged model is the trained one, not the starting point
     from influcoder_dagster.core.config import EncoderConfig
     from influcoder_dagster.student.encoder import load_encoder
