@@ -107,10 +107,12 @@ class EncoderConfig(_Section):
     n_bottom: int = Field(4, ge=0, description="rankings objective: candidates per anchor per step from the teacher's most negative")
     n_random: int = Field(8, ge=0, description="rankings objective: candidates per anchor per step drawn at random from the train pool")
     lr: float = Field(3e-5, gt=0, description="rankings objective: AdamW learning rate")
-    train_layers: int = Field(4, ge=-1, description="top transformer layers fine-tuned; -1 = all (slow on CPU)")
-    max_seq_length: int = Field(96, ge=2, description="tokens per text the encoder reads; longer texts are truncated")
-    layers: int = Field(3, ge=-1, description="keep only the first N transformer layers of the starting encoder; -1 = all. "
-                        "With gradient_sketch, 3 of MiniLM's 6 ranked better and queried ~2x faster")
+    train_layers: int = Field(4, ge=-1, description="sentence encoder: top transformer layers fine-tuned; -1 = all (slow on CPU)")
+    max_seq_length: int = Field(96, ge=2, description="sentence encoder: tokens per text it reads; longer texts are truncated "
+                                "(the decoder-token bag truncates at model.max_length, as the teacher does)")
+    layers: int = Field(3, ge=-1, description="sentence encoder (the student with query_features = "
+                        "'sentence_encoder' or the rankings objective, and the untrained baseline): keep only its first N "
+                        "transformer layers; -1 = all. With gradient_sketch, 3 of MiniLM's 6 ranked better and queried ~2x faster")
     asymmetric: bool = Field(False, description="separate query and pool heads on the shared encoder (Router)")
     in_batch: bool = Field(True, description="rankings objective: score every item of a step against every other with the stored gradients")
     tau_teacher: float = Field(1.0, gt=0, description="rankings objective: temperature of the teacher scores in the listwise loss")
@@ -134,9 +136,10 @@ class EncoderConfig(_Section):
     sketch_epochs: int = Field(4, ge=0, description="gradient_sketch with a sentence_encoder: fine-tuning epochs after the closed-form "
                                "ridge head (0 = head only). The decoder-token bag is linear, so ridge already is its least-squares "
                                "fit: fine-tuning it on two real corpora moved held-back cosine by under 0.001, or lowered it")
-    sketch_finetune_max: int = Field(10_000, ge=1, description="gradient_sketch: training samples fine-tuned on (a random subset "
-                                     "beyond that; the ridge head sees all). About 20 s per 1,000 samples per epoch on 2 cores with 3 layers")
-    sketch_lr: float = Field(5e-5, gt=0, description="gradient_sketch: fine-tuning learning rate")
+    sketch_finetune_max: int = Field(10_000, ge=1, description="gradient_sketch with a sentence_encoder: training samples fine-tuned "
+                                     "on (a random subset beyond that; the ridge head sees all). About 20 s per 1,000 samples per "
+                                     "epoch on 2 cores with 3 layers")
+    sketch_lr: float = Field(5e-5, gt=0, description="gradient_sketch with a sentence_encoder: fine-tuning learning rate")
 
     @model_validator(mode="after")
     def _no_empty_encoder(self) -> EncoderConfig:
