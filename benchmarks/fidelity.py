@@ -2,7 +2,7 @@
 
     python benchmarks/real_corpus.py --out DATA --n 100000
     python benchmarks/fidelity.py --corpus DATA --work WORK --name real100k [--base-model DIR]
-        [--curve 1000 10000] [--queries 200] [--json benchmarks/results/fidelity.json]
+        [--first N [--short]] [--curve 1000 10000] [--queries 200] [--json benchmarks/results/fidelity.json]
 
 The pipeline runs on ``--corpus`` as a user runs it (every asset, default configuration; with
 ``--base-model`` a local Hugging Face decoder such as SmolLM2 from ``influcoder import-gguf``).
@@ -193,6 +193,19 @@ def teacher_name(cfg: Any) -> str:
     return f"{decoder}; {p.target} {p.kind} dim {p.dim} x {p.checkpoints} checkpoints; Adam {p.adam_precondition}"
 
 
+def selected_corpus(args: argparse.Namespace) -> Path:
+    """The corpus folder, or with ``--first`` its first N texts (``--short``: first sentences) written to WORK/data."""
+    if args.first is None:
+        return args.corpus
+    from benchmarks.planted import real_passages
+
+    data = args.work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    texts = real_passages(args.corpus, args.first, short=args.short)
+    (data / "real-000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return data
+
+
 def corpus_row(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the pipeline, then measure one corpus: its row of ``corpora`` and its learning-curve points."""
     from influcoder_dagster.core.config import load_config
@@ -201,7 +214,7 @@ def corpus_row(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[dict
     from influcoder_dagster.teacher.pair_teacher import pair_teacher_for
 
     args.work.mkdir(parents=True, exist_ok=True)
-    config = write_config(args.work, args.corpus, args.base_model)
+    config = write_config(args.work, selected_corpus(args), args.base_model)
     seconds = pipeline_seconds(config, args.work)
     cfg = load_config(config)
     home, table = cfg.home_path, json.loads(Paths(cfg.home_path).encoder_eval.read_text())
@@ -243,6 +256,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="the storage root and the pipeline's timings live here")
     ap.add_argument("--name", required=True, help="the corpus's row in the JSON, e.g. real100k")
     ap.add_argument("--base-model", type=Path, help="a local Hugging Face decoder (default: the tiny decoder)")
+    ap.add_argument("--first", type=int, help="only the corpus's first N texts (written to WORK/data)")
+    ap.add_argument("--short", action="store_true", help="with --first: each text cut to its first sentence, as planted.py does")
     ap.add_argument("--curve", type=int, nargs="*", default=[1000, 10000], help="training-set sizes below the full split")
     ap.add_argument("--queries", type=int, default=200, help="held-out anchors asked through the served paths")
     ap.add_argument("--json", type=Path)
