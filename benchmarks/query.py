@@ -101,9 +101,8 @@ def main() -> None:
     from influcoder_dagster.student.encoder import encode
     from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.teacher.base_model import base_model_record
-    from influcoder_dagster.teacher.decoder import load_decoder
-    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
-    from influcoder_dagster.teacher.lora import adam_state
+    from influcoder_dagster.teacher.checkpoints import checkpoint_extractor, load_checkpoint_decoders
+    from influcoder_dagster.teacher.gradients import compute_gradients
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.rankings_db import connect_readonly
     from influcoder_dagster.teacher.scoring import full_scores, stream_topk
@@ -117,12 +116,13 @@ def main() -> None:
     encoder = SentenceTransformer(str(index_encoder), device="cpu")
     served_encoder = QueryEncoder(index_encoder)
     base = base_model_record(paths)
-    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
+    decoders = load_checkpoint_decoders(base)  # every training state the teacher scores, with its adapters
+    tokenizer = decoders[-1][1]
     spec = ProjectionSpec.from_json(real_store.manifest["projection"])
-    extractor = GradientExtractor(model, spec, tokenizer.pad_token_id)  # a query's plain gradient
+    extractor = checkpoint_extractor(decoders, spec)  # a query's plain gradient
     requested = real_store.manifest.get("requested", {})  # stores from before the Adam flags have none
-    adam = requested.get("adam_precondition") and adam_state(Path(base["adapter"]), requested.get("adam_momentum", True))
-    pool = GradientExtractor(model, spec, tokenizer.pad_token_id, adam or None)  # a pool row, as the store has it
+    pool = checkpoint_extractor(decoders, spec, adam=bool(requested.get("adam_precondition")),
+                                adam_momentum=requested.get("adam_momentum", True))  # a pool row, as the store has it
     max_length = args.max_length or max(shard["max_length"] for shard in read_manifest(paths.corpus)["shards"].values())
     corpus = read_corpus(paths.corpus, columns=["sample_id", "text", "n_tokens"])
     real_ids, texts = corpus.column("sample_id").to_numpy(), corpus.column("text").to_pylist()
