@@ -47,6 +47,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.planted import provenance  # noqa: E402
+
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
@@ -87,8 +89,9 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, nargs="+", default=[100], help="candidates the index recalls for the re-rank")
     parser.add_argument("--real", type=int, default=0, help="grow the real corpus to this many samples (see above)")
     parser.add_argument("--max-length", type=int, help="decoder tokens per text (default: the tokenized corpus's)")
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--json", help="write the figures here, with the commit and command")
     args = parser.parse_args()
+    measured = provenance("benchmarks/query.py")
 
     from sentence_transformers import SentenceTransformer
 
@@ -285,7 +288,7 @@ def main() -> None:
         print(f"  N = {r['n']:,} ({r['stored_row_queries']} corpus queries): "
               + ", ".join(f"{d}: {v:.3f}" for d, v in r["stored_row_recovery_at_10"].items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({**measured, "home": str(args.home), "sizes": results}, indent=2))
 
 
 if __name__ == "__main__":
