@@ -99,20 +99,12 @@ def main() -> None:
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.data.tokenized import read_corpus, read_manifest
     from influcoder_dagster.data.tokens import tokenize_for_loss
-    from influcoder_dagster.serving.index import (
-        build_index,
-        current_encoder_folder,
-        save_index,
-        search,
-    )
+    from influcoder_dagster.serving.index import build_index, current_encoder_folder, save_index, search
     from influcoder_dagster.serving.query_encoder import QueryEncoder
     from influcoder_dagster.student.encoder import encode
     from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.teacher.base_model import base_model_record
-    from influcoder_dagster.teacher.checkpoints import (
-        checkpoint_extractor,
-        load_checkpoint_decoders,
-    )
+    from influcoder_dagster.teacher.checkpoints import checkpoint_extractor, load_checkpoint_decoders
     from influcoder_dagster.teacher.gradients import compute_gradients
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.rankings_db import connect_readonly

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.fidelity import exact_recovery  # noqa: E402
 from benchmarks.planted import provenance  # noqa: E402
 from benchmarks.sketch_width import ask, home_row, replace_home_row  # noqa: E402
+from influcoder_dagster.student.sketch import mean_cosine  # noqa: E402
 
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 BUCKETS = 2**13
@@ -60,16 +61,11 @@ def ridge(train: Any, targets: np.ndarray, val: np.ndarray) -> tuple[Callable[[A
     fit_x = x[~val]
     values, vectors = scipy.linalg.eigh((fit_x.T @ fit_x).toarray())
     projected = vectors.T @ np.asarray(fit_x.T @ targets[~val])
-    scores = {a: _mean_cosine(np.asarray(x[val] @ (vectors @ (projected / (values + a * scale)[:, None]))), targets[val]) for a in ALPHAS}
+    scores = {a: mean_cosine(np.asarray(x[val] @ (vectors @ (projected / (values + a * scale)[:, None]))), targets[val]) for a in ALPHAS}
     alpha = max(scores, key=scores.get)
     gram = (x.T @ x).toarray() + alpha * scale * np.eye(x.shape[1], dtype=np.float32)
     w = scipy.linalg.solve(gram, np.asarray(x.T @ targets), assume_a="pos")
     return (lambda q: np.asarray(with_bias(q) @ w)), alpha
-
-
-def _mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
-    pred = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
-    return float((pred * targets).sum(1).mean())
 
 
 def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queries: list[str]) -> tuple[Any, Any]:
@@ -85,19 +81,17 @@ def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queri
     return tfidf.transform(hashed.transform(train)), tfidf.transform(hashed.transform(queries))
 
 
-def token_mean_features(tokenize: Callable[[str], list[int]], vocab: int, train: list[str], queries: list[str]) -> tuple[Any, Any]:
-    """Token counts over the text's length, each token weighted by its smoothed idf on ``train``."""
-    import scipy.sparse as sp
+def token_mean_features(tokenizer: Any, train: list[str], queries: list[str]) -> tuple[Any, Any]:
+    """The token bag's own features (``student/token_bag.py``): token counts over the text's length,
+    each token weighted by its smoothed idf on ``train``."""
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
 
-    def counts(texts: list[str]) -> Any:
-        ids = [tokenize(t) for t in texts]
-        rows = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
-        x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate(ids).astype(np.int64))), shape=(len(ids), vocab))
-        return sp.diags(1 / np.maximum([len(i) for i in ids], 1)) @ x
+    from influcoder_dagster.student.token_bag import document_frequency, mean_counts, smooth_idf
 
-    train_x = counts(train)
-    idf = np.log((1 + len(train)) / (1 + np.bincount(train_x.indices, minlength=vocab))) + 1
-    return (train_x @ sp.diags(idf)).tocsr().astype(np.float32), (counts(queries) @ sp.diags(idf)).tocsr().astype(np.float32)
+    bag = StaticEmbedding(tokenizer, embedding_dim=1)
+    train_x = mean_counts(bag, train)
+    idf = smooth_idf(document_frequency(train_x), len(train))
+    return train_x.multiply(idf).tocsr(), mean_counts(bag, queries).multiply(idf).tocsr()
 
 
 def minilm_layers(st: Any, max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
@@ -145,6 +139,7 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
     """Each feature set as (training texts' features, queries' features), computed when asked for."""
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.student.encoder import encode, load_encoder
+    from influcoder_dagster.student.token_bag import decoder_tokenizer
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
 
@@ -173,8 +168,7 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
     decoder_grams = once("decoder_ngrams", lambda: ngram_features(
         lambda t: decoder_tok(t, truncation=True, max_length=cfg.model.max_length)["input_ids"], train_texts, asked.queries))
     tokens = once("decoder_tokens", lambda: token_mean_features(
-        lambda t: decoder_tok(t, truncation=True, max_length=cfg.model.max_length, add_special_tokens=False)["input_ids"],
-        len(decoder_tok), train_texts, asked.queries))
+        decoder_tokenizer(base["path"], cfg.model.max_length), train_texts, asked.queries))
     wordpiece = once("wordpiece_ngrams", lambda: ngram_features(
         lambda t: minilm.tokenizer(t, truncation=True, max_length=length, add_special_tokens=False)["input_ids"],
         train_texts, asked.queries))
@@ -212,7 +206,7 @@ def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, A
         head, alpha = ridge(train_x, targets, val)
         pred = head(query_x)
         pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
-        row = {"recovery_at_10": exact_recovery(pred, ids, docs, own, tops), "cosine_to_oracle": _mean_cosine(pred, oracle),
+        row = {"recovery_at_10": exact_recovery(pred, ids, docs, own, tops), "cosine_to_oracle": mean_cosine(pred, oracle),
                "dim": int(train_x.shape[1]), "alpha": alpha, "seconds": round(time.perf_counter() - start, 1)}
         out["features"][name] = row
         print(name, row, flush=True)

@@ -56,10 +56,12 @@ def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray) -> 
     if not texts:
         raise MissingUpstreamError("no training samples to fit the token-bag student on", "influence_rankings")
     bag = StaticEmbedding(tokenizer, embedding_dim=targets.shape[1])
-    counts = _mean_counts(bag, texts)
-    kept = _frequent_tokens(counts, MAX_FEATURES)
-    idf = _smooth_idf(counts, len(texts))
-    x = (counts @ _diag(idf))[:, kept]
+    counts = mean_counts(bag, texts)
+    df = document_frequency(counts)
+    seen = np.flatnonzero(df)
+    kept = np.sort(seen[np.argsort(-df[seen], kind="stable")[:MAX_FEATURES]])
+    idf = smooth_idf(df, len(texts))
+    x = counts[:, kept].multiply(idf[kept]).tocsr()
     ridge = RidgeCV(alphas=tuple(a * len(texts) / 1000 for a in ALPHAS)).fit(x, targets)
     table = np.tile(np.atleast_1d(ridge.intercept_).astype(np.float32), (bag.num_embeddings, 1))
     table[kept] += idf[kept, None] * ridge.coef_.T
@@ -69,7 +71,7 @@ def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray) -> 
     return SentenceTransformer(modules=[bag, Normalize()], device="cpu"), fit
 
 
-def _mean_counts(bag: Any, texts: list[str]) -> Any:
+def mean_counts(bag: Any, texts: list[str]) -> Any:
     """Token counts over each text's length (the embedding bag's mean), as a sparse (texts, vocab) matrix."""
     import scipy.sparse as sp
 
@@ -81,19 +83,11 @@ def _mean_counts(bag: Any, texts: list[str]) -> Any:
     return sp.csr_matrix((weights, (rows, ids)), shape=(len(texts), bag.num_embeddings))
 
 
-def _frequent_tokens(counts: Any, n: int) -> np.ndarray:
-    df = np.bincount(counts.indices, minlength=counts.shape[1])
-    seen = np.flatnonzero(df)
-    return np.sort(seen[np.argsort(-df[seen], kind="stable")[:n]])
+def document_frequency(counts: Any) -> np.ndarray:
+    """Texts each token occurs in (``counts`` as ``mean_counts`` gives it: one entry per token and text)."""
+    return np.bincount(counts.indices, minlength=counts.shape[1])
 
 
-def _smooth_idf(counts: Any, n_texts: int) -> np.ndarray:
+def smooth_idf(df: np.ndarray, n_texts: int) -> np.ndarray:
     """scikit-learn's smoothed idf, ``ln((1 + n) / (1 + df)) + 1``."""
-    df = np.bincount(counts.indices, minlength=counts.shape[1])
     return (np.log((1 + n_texts) / (1 + df)) + 1).astype(np.float32)
-
-
-def _diag(values: np.ndarray) -> Any:
-    import scipy.sparse as sp
-
-    return sp.diags(values).tocsr()
