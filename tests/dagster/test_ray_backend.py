@@ -67,7 +67,7 @@ def index_vectors(home: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], vectors[order]
 
 
-def test_shard_work_runs_as_ray_tasks_and_equals_the_local_backend_bit_for_bit(tmp_path, local_lm, ray_address):
+def test_shard_work_runs_as_ray_tasks_and_equals_the_local_backend_bit_for_bit(tmp_path, local_lm, ray_address, one_thread):
     local = build(tmp_path / "local", local_lm, "")
     remote = build(tmp_path / "ray", local_lm, f'[compute]\nbackend = "ray"\nray_address = "{ray_address}"\n')
     shard_runs = {k: v for k, v in remote.items() if k.startswith(("projected_gradients[", "shard_embeddings["))}

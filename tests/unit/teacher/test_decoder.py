@@ -33,16 +33,6 @@ def test_a_retrain_on_a_subset_keeps_the_given_tokenizer(tmp_path):
     assert own.get_vocab() != full.get_vocab()  # without it, a subset trains a vocabulary of its own
 
 
-@pytest.fixture
-def one_thread():
-    """Two CPU threads make training's last bits vary between runs (3 in 10 runs of this test failed
-    on 2 threads, none in 15 on one); on one thread a resumed run can be compared bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_an_interrupted_training_continues_step_for_step(tmp_path, one_thread):
     """A run stopped mid-epoch (its last saved state kept) and started again ends with the weights of
