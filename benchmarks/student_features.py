@@ -6,7 +6,8 @@
 On a built home (``fidelity.py``'s or ``planted.py``'s), the sketch basis is fitted on training rows
 only (as the encoder stage fits it, at the default width), and a ridge head is fitted from each feature
 set of the training texts to their query-side sketches. Its alpha is chosen on a tenth of the
-training samples held back from the fit (mean cosine), never on the queries. Held-out anchors are
+training samples held back from the fit (mean cosine), never on the queries, by the student's own
+ridge (``student/ridge.py``). Held-out anchors are
 then asked as a user asks (their text; their own sample left out) and ``recovery_at_10`` is the
 share of the gradient path's whole-store top-10 that an exact search with the predicted sketch
 finds; ``oracle`` is the query's own sketched gradient (the ceiling). Feature sets:
@@ -42,30 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.fidelity import exact_recovery  # noqa: E402
 from benchmarks.planted import provenance  # noqa: E402
 from benchmarks.sketch_width import ask, home_row, replace_home_row  # noqa: E402
-from influcoder_dagster.student.sketch import mean_cosine  # noqa: E402
+from influcoder_dagster.student.metrics import mean_cosine  # noqa: E402
+from influcoder_dagster.student.ridge import fit_ridge  # noqa: E402
 
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 BUCKETS = 2**13
-
-
-def ridge(train: Any, targets: np.ndarray, val: np.ndarray) -> tuple[Callable[[Any], np.ndarray], float]:
-    """A ridge map (with bias) from ``train`` features to ``targets``, alpha chosen on the ``val`` rows
-    held back from the fit (one eigendecomposition serves every alpha), then refitted on all rows."""
-    import scipy.linalg
-    import scipy.sparse as sp
-
-    def with_bias(x: Any) -> Any:
-        return sp.hstack([sp.csr_matrix(x), np.ones((x.shape[0], 1), dtype=np.float32)]).tocsr().astype(np.float32)
-
-    x, scale = with_bias(train), train.shape[0] / 1000
-    fit_x = x[~val]
-    values, vectors = scipy.linalg.eigh((fit_x.T @ fit_x).toarray())
-    projected = vectors.T @ np.asarray(fit_x.T @ targets[~val])
-    scores = {a: mean_cosine(np.asarray(x[val] @ (vectors @ (projected / (values + a * scale)[:, None]))), targets[val]) for a in ALPHAS}
-    alpha = max(scores, key=scores.get)
-    gram = (x.T @ x).toarray() + alpha * scale * np.eye(x.shape[1], dtype=np.float32)
-    w = scipy.linalg.solve(gram, np.asarray(x.T @ targets), assume_a="pos")
-    return (lambda q: np.asarray(with_bias(q) @ w)), alpha
 
 
 def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queries: list[str]) -> tuple[Any, Any]:
@@ -197,17 +179,17 @@ def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, A
     out: dict[str, Any] = {"n_rows": len(ids), "n_train_rows": int(train.sum()), "n_queries": len(asked.queries),
                            "sketch_dim": sketch.dim, "oracle_recovery_at_10": exact_recovery(oracle, ids, docs, own, tops), "features": {}}
     print("oracle", out["oracle_recovery_at_10"], flush=True)
-    val = np.random.default_rng(cfg.encoder.seed).random(len(targets)) < 0.1  # a tenth of the training rows picks alpha
+    alphas = tuple(a * len(targets) / 1000 for a in ALPHAS)
     for name, make in feature_sets(cfg, asked, train_texts).items():
         if only and name not in only:
             continue
         start = time.perf_counter()
         train_x, query_x = make()
-        head, alpha = ridge(train_x, targets, val)
-        pred = head(query_x)
+        head = fit_ridge(train_x, targets, alphas, cfg.encoder.seed)
+        pred = head.predict(query_x)
         pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
         row = {"recovery_at_10": exact_recovery(pred, ids, docs, own, tops), "cosine_to_oracle": mean_cosine(pred, oracle),
-               "dim": int(train_x.shape[1]), "alpha": alpha, "seconds": round(time.perf_counter() - start, 1)}
+               "dim": int(train_x.shape[1]), "alpha": head.alpha / len(targets) * 1000, "seconds": round(time.perf_counter() - start, 1)}
         out["features"][name] = row
         print(name, row, flush=True)
     return out

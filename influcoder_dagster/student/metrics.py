@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from influcoder_dagster.teacher.scoring import unit_rows
+
 
 def per_query_spearman(teacher: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Spearman correlation per row of two (queries, candidates) score matrices."""
@@ -73,3 +75,8 @@ def agreement_table(teacher: np.ndarray, other: np.ndarray) -> dict[str, float]:
 def _finite(x: float) -> float:
     x = float(x)
     return 0.0 if np.isnan(x) else x
+
+
+def mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over rows of the cosine between ``pred`` and ``targets``."""
+    return float((unit_rows(pred) * unit_rows(targets)).sum(1).mean())

@@ -31,6 +31,8 @@ from influcoder_dagster.core.atomic import atomic_path
 from influcoder_dagster.core.config import EncoderConfig
 from influcoder_dagster.core.errors import ConfigError, MissingUpstreamError
 from influcoder_dagster.student.encoder import encode, freeze_lower_layers, is_asymmetric
+from influcoder_dagster.student.metrics import mean_cosine
+from influcoder_dagster.student.ridge import fit_ridge
 from influcoder_dagster.teacher.scoring import unit_rows
 
 if TYPE_CHECKING:
@@ -95,29 +97,28 @@ def fit_sketch(rows: np.ndarray, k: int, seed: int = 0, **provenance: Any) -> Sk
     return Sketch(vt.astype(np.float32), {"k": k, "fit_rows": len(x), "seed": seed, **provenance})
 
 
-def with_sketch_head(model: SentenceTransformer, texts: list[str], targets: np.ndarray, alphas: tuple[float, ...] = (0.1, 1.0, 10.0)
-                     ) -> tuple[SentenceTransformer, dict[str, float]]:
-    """``model`` followed by a linear head fitted by ridge regression (scikit-learn's ``RidgeCV``,
-    alpha by leave-one-out) from its unit embeddings of ``texts`` to ``targets``, then normalized."""
+def with_sketch_head(model: SentenceTransformer, texts: list[str], targets: np.ndarray, alphas: tuple[float, ...] = (0.1, 1.0, 10.0),
+                     seed: int = 0) -> tuple[SentenceTransformer, dict[str, float]]:
+    """``model`` followed by a linear head fitted by ridge regression (``fit_ridge``) from its unit
+    embeddings of ``texts`` to ``targets``, then normalized."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Dense, Normalize
-    from sklearn.linear_model import RidgeCV
 
     if is_asymmetric(model):
         raise ConfigError("the gradient-sketch student needs a symmetric base encoder; set encoder.asymmetric = false")
     features = encode(model, texts, "query", progress=len(texts) > 5000)
-    ridge = RidgeCV(alphas=alphas).fit(features, targets)
+    ridge = fit_ridge(features, targets, alphas, seed)
     head = Dense(features.shape[1], targets.shape[1], bias=True, activation_function=torch.nn.Identity())
     with torch.no_grad():
-        head.linear.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32))
-        head.linear.bias.copy_(torch.as_tensor(np.atleast_1d(ridge.intercept_), dtype=torch.float32))
+        head.linear.weight.copy_(torch.from_numpy(ridge.coef.T.copy()))
+        head.linear.bias.copy_(torch.from_numpy(ridge.intercept))
     modules = list(model)
     if not isinstance(modules[-1], Normalize):  # the head reads unit embeddings, as it was fitted on
         modules.append(Normalize())
     student = SentenceTransformer(modules=[*modules, head, Normalize()], device="cpu")
     student.max_seq_length = model.max_seq_length
-    return student, {"ridge_alpha": float(ridge.alpha_), "train_cosine": mean_cosine(ridge.predict(features), targets)}
+    return student, {"ridge_alpha": ridge.alpha, "train_cosine": mean_cosine(ridge.predict(features), targets)}
 
 
 def fine_tune(model: SentenceTransformer, texts: list[str], targets: np.ndarray, cfg: EncoderConfig, batch_size: int = 32,
@@ -151,7 +152,3 @@ def fine_tune(model: SentenceTransformer, texts: list[str], targets: np.ndarray,
             losses.append(total / len(texts))
     model.eval()
     return losses
-
-
-def mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
-    return float((unit_rows(pred) * unit_rows(targets)).sum(1).mean())

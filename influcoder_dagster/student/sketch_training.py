@@ -51,9 +51,9 @@ def train_sketch_student(cfg: Config, start: Any, pair_teacher: PairTeacher, dat
     doc_ids, doc_vectors, targets = _sketch_pass(store, sketch, np.asarray(train_ids, dtype=np.int64), pair_teacher, cfg.rankings.block_rows)
     if e.reads_decoder_tokens:
         tokenizer = decoder_tokenizer(base_model_record(Paths(cfg.home_path))["path"], cfg.model.max_length)
-        model, fit = token_bag_student(tokenizer, train_texts, targets)
+        model, fit = token_bag_student(tokenizer, train_texts, targets, e.seed)
     else:
-        model, fit = with_sketch_head(start, train_texts, targets)
+        model, fit = with_sketch_head(start, train_texts, targets, seed=e.seed)
     result = TrainResult()
     if e.sketch_epochs > 0 and not e.reads_decoder_tokens:  # the bag is linear: ridge already is its least-squares fit
         tune = np.sort(rng.choice(len(train_texts), min(len(train_texts), e.sketch_finetune_max), replace=False))

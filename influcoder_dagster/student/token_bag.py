@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from influcoder_dagster.core.errors import ConfigError, MissingUpstreamError
-from influcoder_dagster.student.sketch import mean_cosine
+from influcoder_dagster.student.metrics import mean_cosine
+from influcoder_dagster.student.ridge import fit_ridge
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 MAX_FEATURES = 8192  # most frequent training tokens the head reads; a rarer token adds only the bias
-ALPHAS = (0.03, 0.1, 0.3, 1.0, 3.0)  # per 1,000 training texts; RidgeCV picks one by leave-one-out
+ALPHAS = (0.03, 0.1, 0.3, 1.0, 3.0)  # per 1,000 training texts; the held-back tenth picks one
 
 
 def decoder_tokenizer(model_dir: str | Path, max_length: int) -> Any:
@@ -44,14 +45,13 @@ def decoder_tokenizer(model_dir: str | Path, max_length: int) -> Any:
     return tokenizer
 
 
-def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray) -> tuple[SentenceTransformer, dict[str, float]]:
+def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray, seed: int = 0) -> tuple[SentenceTransformer, dict[str, float]]:
     """A ``StaticEmbedding`` student over ``tokenizer`` whose table maps ``texts`` onto ``targets``
-    (ridge regression with an intercept, scikit-learn's ``RidgeCV``), followed by ``Normalize``."""
+    (ridge regression with an intercept, ``fit_ridge``), followed by ``Normalize``."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
     from sentence_transformers.sentence_transformer.modules import StaticEmbedding
-    from sklearn.linear_model import RidgeCV
 
     if not texts:
         raise MissingUpstreamError("no training samples to fit the token-bag student on", "influence_rankings")
@@ -62,12 +62,12 @@ def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray) -> 
     kept = np.sort(seen[np.argsort(-df[seen], kind="stable")[:MAX_FEATURES]])
     idf = smooth_idf(df, len(texts))
     x = counts[:, kept].multiply(idf[kept]).tocsr()
-    ridge = RidgeCV(alphas=tuple(a * len(texts) / 1000 for a in ALPHAS)).fit(x, targets)
-    table = np.tile(np.atleast_1d(ridge.intercept_).astype(np.float32), (bag.num_embeddings, 1))
-    table[kept] += idf[kept, None] * ridge.coef_.T
+    ridge = fit_ridge(x, targets, tuple(a * len(texts) / 1000 for a in ALPHAS), seed)
+    table = np.tile(ridge.intercept, (bag.num_embeddings, 1))
+    table[kept] += idf[kept, None] * ridge.coef
     with torch.no_grad():
         bag.embedding.weight.copy_(torch.from_numpy(table))
-    fit = {"ridge_alpha": float(ridge.alpha_), "train_cosine": mean_cosine(ridge.predict(x), targets), "token_features": len(kept)}
+    fit = {"ridge_alpha": ridge.alpha, "train_cosine": mean_cosine(ridge.predict(x), targets), "token_features": len(kept)}
     return SentenceTransformer(modules=[bag, Normalize()], device="cpu"), fit
 
 

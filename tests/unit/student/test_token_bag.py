@@ -9,19 +9,17 @@ from influcoder_dagster.student.token_bag import decoder_tokenizer, token_bag_st
 TEXTS = [f"Return item {i} of the {['list', 'tuple', 'mapping', 'queue'][i % 4]} after {i % 5} retries." for i in range(48)]
 
 
-def _reference(tokenizer, targets, queries):
+def _reference(tokenizer, targets, queries, alpha):
     """The same model built from scikit-learn's text features: idf-weighted token counts over the
-    text's length, then RidgeCV with an intercept; its normalized predictions for ``queries``."""
+    text's length, then Ridge with an intercept at the chosen alpha; its normalized predictions for ``queries``."""
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
-    from sklearn.linear_model import RidgeCV
-
-    from influcoder_dagster.student.token_bag import ALPHAS
+    from sklearn.linear_model import Ridge
 
     counts = CountVectorizer(analyzer=lambda t: tokenizer.encode(t, add_special_tokens=False).ids)
     tfidf = TfidfTransformer(norm=None)
     x = tfidf.fit_transform(counts.fit_transform(TEXTS))
     lengths = lambda texts: np.array([[len(tokenizer.encode(t, add_special_tokens=False).ids)] for t in texts])  # noqa: E731
-    ridge = RidgeCV(alphas=tuple(a * len(TEXTS) / 1000 for a in ALPHAS)).fit(x.multiply(1 / lengths(TEXTS)).tocsr(), targets)
+    ridge = Ridge(alpha=alpha).fit(x.multiply(1 / lengths(TEXTS)).tocsr(), targets)
     pred = ridge.predict(tfidf.transform(counts.transform(queries)).multiply(1 / lengths(queries)).tocsr())
     return pred / np.linalg.norm(pred, axis=1, keepdims=True)
 
@@ -35,7 +33,7 @@ def test_the_bag_embeds_as_the_ridge_map_on_idf_weighted_token_means_and_round_t
     model, fit = token_bag_student(tokenizer, TEXTS, targets)
     queries = ["Return item 3 of the queue after 4 retries.", "mapping tuple list", "Return item 7 of the mapping after 9 retries and more"]
     got = model.encode(queries)
-    np.testing.assert_allclose(got, _reference(tokenizer, targets, queries), atol=1e-4)
+    np.testing.assert_allclose(got, _reference(tokenizer, targets, queries, fit["ridge_alpha"]), atol=1e-4)
     assert fit["token_features"] > 5 and 0 < fit["train_cosine"] <= 1
     # Truncated where the teacher truncates: words past the 8th token change nothing.
     long = "Return item 3 of the queue after 4 retries."

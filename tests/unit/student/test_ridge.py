@@ -1,0 +1,38 @@
+"""The student's ridge is scikit-learn's Ridge at the alpha that wins on rows held back from the fit."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.linear_model import Ridge
+
+from influcoder_dagster.student.ridge import fit_ridge
+
+
+def _data(rng, n=200, p=30, t=8, noise=0.5):
+    x = rng.random((n, p)) * (rng.random((n, p)) < 0.3)
+    return x, x @ rng.standard_normal((p, t)) + 3.0 + noise * rng.standard_normal((n, t))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_map_equals_sklearn_ridge_with_an_unpenalized_intercept(sparse):
+    x, y = _data(np.random.default_rng(0))
+    fitted = fit_ridge(sp.csr_matrix(x) if sparse else x, y, (0.1, 1.0, 10.0))
+    reference = Ridge(alpha=fitted.alpha).fit(x, y)
+    np.testing.assert_allclose(fitted.coef, reference.coef_.T, atol=1e-5)
+    np.testing.assert_allclose(fitted.intercept, reference.intercept_, atol=1e-5)
+    np.testing.assert_allclose(fitted.predict(x[:5]), reference.predict(x[:5]), atol=1e-4)
+
+
+def test_alpha_is_chosen_by_the_held_back_rows_not_the_fit():
+    rng = np.random.default_rng(1)
+    clean_x, clean_y = _data(rng, noise=0.01)
+    noisy_x, noisy_y = _data(rng, n=60, p=50, noise=5.0)  # few rows, many features, mostly noise
+    clean, noisy = fit_ridge(clean_x, clean_y, (1e-3, 1.0, 1e3)), fit_ridge(noisy_x, noisy_y, (1e-3, 1.0, 1e3))
+    assert clean.alpha < noisy.alpha
+    assert set(clean.held_back_cosine) == {1e-3, 1.0, 1e3}
+    assert clean.held_back_cosine[clean.alpha] == max(clean.held_back_cosine.values())
+
+
+def test_one_row_is_too_few_to_choose_alpha():
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        fit_ridge(np.ones((1, 3)), np.ones((1, 2)), (1.0,))
