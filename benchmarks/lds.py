@@ -15,7 +15,9 @@ and query gradients), the teacher preconditioned with the store's projected Fish
 score 0), BM25 (``bm25s``), the untrained MiniLM, random, and the peers of ``benchmarks/peers/``
 on the tiny decoder's final weights at the store's row width (``peer:NAME``). ``teacher:VARIANT``
 rows are teachers that are not the default, from the same decoder states (``VARIANTS``): what the
-ground truth would say if the default changed.
+ground truth would say if the default changed. ``teacher:seeds3`` sums the default teacher's scores
+over decoders trained from three seeds (TRAK's ensemble; the two extra homes are built by the
+pipeline under ``WORK/seed1`` and ``WORK/seed2``).
 
 **LDS.** The training the scores explain is the tiny decoder's own training, from scratch (the
 behaviour and the corpus are learned there; the LoRA warm-up only sets the teacher's view). It is
@@ -64,15 +66,19 @@ def write_config(work: Path, corpus: list[dict[str, Any]]) -> Path:
     return config
 
 
-def run_pipeline(config: Path) -> dict[str, float]:
-    """Every asset with the default configuration; seconds of the teacher's and the student's stages."""
+STAGES = (("base_model", ["base_model"]),
+          ("teacher", ["tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings"]),
+          ("student", ["influcoder_encoder", "embedding_index"]))
+
+
+def run_pipeline(config: Path, stages: int = len(STAGES)) -> dict[str, float]:
+    """The first ``stages`` of the pipeline's stages (all by default) with the configuration's
+    settings; the seconds of each."""
     from influcoder_dagster.app.runner import failure_messages, materialize
     from influcoder_dagster.core.config import load_config
 
     home, seconds = load_config(config).home_path, {}
-    for name, assets in (("base_model", ["base_model"]),
-                         ("teacher", ["tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings"]),
-                         ("student", ["influcoder_encoder", "embedding_index"])):
+    for name, assets in STAGES[:stages]:
         start = time.perf_counter()
         runs = materialize(str(config), home, assets)
         if not runs.success:
@@ -117,6 +123,8 @@ VARIANTS = {  # name -> (target, Adam direction for pool rows, checkpoints: all 
     "teacher:weights_dot": ("weights", False, "all", 2048, "dot"),
 }
 
+SEED_ENSEMBLES = {"teacher:seeds3": 3}  # name -> decoders trained from that many seeds, the default teacher on each
+
 
 def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: list[str | None], variant: str) -> np.ndarray:
     """A teacher that is not the default, from the same decoder states (and their LoRA warm-ups), by
@@ -142,6 +150,22 @@ def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: lis
         rows = compute_gradients(pool, tokenize_for_loss(tok, corpus, 128), 16).numpy()
         queries = compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), tokenize_for_loss(tok, texts, 128, prompts), 16).numpy()
         total += full_scores(queries, rows) if score == "cosine" else queries.astype(np.float64) @ rows.T
+    return total.astype(np.float32)
+
+
+def seed_ensemble_scores(work: Path, n_rows: int, texts: list[str], prompts: list[str | None], seeds: int) -> np.ndarray:
+    """The default teacher summed over tiny decoders trained from ``seeds`` seeds (seed 0 is the
+    pipeline's own home), TRAK's ensemble: each further seed's decoder and store are built by the
+    pipeline in ``WORK/seedS/home``, with only ``model.seed`` changed."""
+    total = teacher_scores(work / "home", sample_order(work / "home", n_rows), texts, prompts, None).astype(np.float64)
+    for seed in range(1, seeds):
+        config = work / f"seed{seed}" / "influcoder.toml"
+        home = config.parent / "home"
+        if not (config.parent / "pipeline.json").exists():
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(f'home = "{home}"\n[dataset]\npath = "{work / "data"}"\n[model]\nseed = {seed}\n')
+            (config.parent / "pipeline.json").write_text(json.dumps(run_pipeline(config, stages=2)))
+        total += teacher_scores(home, sample_order(home, n_rows), texts, prompts, None)
     return total.astype(np.float32)
 
 
@@ -236,6 +260,8 @@ def method_scores(name: str, home: Path, order: dict[int, int], corpus: list[str
         return text_scores(name, corpus, texts)
     if name in VARIANTS:
         return variant_scores(home, corpus, texts, prompts, name)
+    if name in SEED_ENSEMBLES:
+        return seed_ensemble_scores(home.parent, len(corpus), texts, prompts, SEED_ENSEMBLES[name])
     if name == "random":
         return np.random.default_rng(0).standard_normal((len(texts), len(corpus))).astype(np.float32)
     return peer_scores(name.removeprefix("peer:"), home, corpus, texts, dim)
@@ -243,6 +269,8 @@ def method_scores(name: str, home: Path, order: dict[int, int], corpus: list[str
 
 def method_dim(name: str, store_dim: int) -> int | None:
     """Floats per sample a gradient method scores with (None for text methods)."""
+    if name in SEED_ENSEMBLES:
+        return store_dim * SEED_ENSEMBLES[name]
     if name in VARIANTS:
         _, _, states, per_state, _ = VARIANTS[name]
         from influcoder_dagster.core.config import ProjectionConfig
@@ -325,7 +353,7 @@ def main() -> None:
     print(f"retrains done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     names = args.methods or ["teacher", "teacher_fisher", "student", "rerank", "bm25", "untrained_minilm", "random",
-                             *(f"peer:{p}" for p in PEERS), *VARIANTS]
+                             *(f"peer:{p}" for p in PEERS), *VARIANTS, *SEED_ENSEMBLES]
     methods: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
