@@ -118,7 +118,8 @@ def with_sketch_head(model: SentenceTransformer, texts: list[str], targets: np.n
         modules.append(Normalize())
     student = SentenceTransformer(modules=[*modules, head, Normalize()], device="cpu")
     student.max_seq_length = model.max_seq_length
-    return student, {"ridge_alpha": ridge.alpha, "train_cosine": mean_cosine(ridge.predict(features), targets)}
+    return student, {"ridge_alpha": ridge.alpha, "held_back_cosine": ridge.held_back_cosine[ridge.alpha],
+                     "train_cosine": mean_cosine(ridge.predict(features), targets)}
 
 
 def fine_tune(model: SentenceTransformer, texts: list[str], targets: np.ndarray, cfg: EncoderConfig, batch_size: int = 32,

@@ -67,7 +67,8 @@ def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray, see
     table[kept] += idf[kept, None] * ridge.coef
     with torch.no_grad():
         bag.embedding.weight.copy_(torch.from_numpy(table))
-    fit = {"ridge_alpha": ridge.alpha, "train_cosine": mean_cosine(ridge.predict(x), targets), "token_features": len(kept)}
+    fit = {"ridge_alpha": ridge.alpha, "held_back_cosine": ridge.held_back_cosine[ridge.alpha],
+           "train_cosine": mean_cosine(ridge.predict(x), targets), "token_features": len(kept)}
     return SentenceTransformer(modules=[bag, Normalize()], device="cpu"), fit
 
 

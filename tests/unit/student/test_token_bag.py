@@ -35,6 +35,7 @@ def test_the_bag_embeds_as_the_ridge_map_on_idf_weighted_token_means_and_round_t
     got = model.encode(queries)
     np.testing.assert_allclose(got, _reference(tokenizer, targets, queries, fit["ridge_alpha"]), atol=1e-4)
     assert fit["token_features"] > 5 and 0 < fit["train_cosine"] <= 1
+    assert -1 <= fit["held_back_cosine"] <= 1
     # Truncated where the teacher truncates: words past the 8th token change nothing.
     long = "Return item 3 of the queue after 4 retries."
     np.testing.assert_allclose(model.encode([long]), model.encode([long + " and then many more unrelated words"]), atol=1e-6)
