@@ -6,7 +6,9 @@
 
 The pipeline runs on ``--corpus`` as a user runs it (every asset, default configuration; with
 ``--base-model`` a local Hugging Face decoder such as SmolLM2 from ``influcoder import-gguf``).
-It is resumable: a finished stage is not run again, and its wall time is kept in ``WORK/pipeline.json``.
+It is resumable: a finished stage is not run again. Each stage runs as ``influcoder materialize`` in a
+child process; its wall time and peak resident memory are kept in ``WORK/pipeline.json`` and
+``WORK/pipeline_rss.json`` (stages run before memory was recorded have a time only).
 Nothing is synthetic and nothing is padded.
 
 Then, on held-out samples only (neither the sketch basis, nor the ridge head, nor the
@@ -33,6 +35,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,23 +66,29 @@ STAGES = {"base_model": ["base_model"],
           "student": ["influcoder_encoder", "embedding_index"]}
 
 
-def pipeline_seconds(config: Path, work: Path) -> dict[str, float]:
-    """Every asset, a stage at a time; a stage already timed in ``WORK/pipeline.json`` is not run again."""
-    from influcoder_dagster.app.runner import failure_messages, materialize
-
-    cache = work / "pipeline.json"
-    seconds = json.loads(cache.read_text()) if cache.exists() else {}
+def run_stages(config: Path, work: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """Every asset, a stage at a time, each as ``influcoder materialize`` in a child process: the
+    stages' wall seconds (``WORK/pipeline.json``) and peak resident memory in MB
+    (``WORK/pipeline_rss.json``). A stage already timed is not run again."""
+    seconds_file, rss_file = work / "pipeline.json", work / "pipeline_rss.json"
+    seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
+    rss = json.loads(rss_file.read_text()) if rss_file.exists() else {}
     for stage, assets in STAGES.items():
         if stage in seconds:
             continue
+        command = [sys.executable, "-c", "from influcoder_dagster.app.cli import main; raise SystemExit(main())",
+                   "--config", str(config), "materialize", "--select", ",".join(assets)]
         start = time.perf_counter()
-        runs = materialize(str(config), work / "home", assets)
-        if not runs.success:
-            sys.exit("\n".join(failure_messages(runs)))
-        seconds[stage] = round(time.perf_counter() - start, 1)
-        cache.write_text(json.dumps(seconds))
-        print(f"{stage}: {seconds[stage]:.0f} s", flush=True)
-    return seconds
+        child = subprocess.Popen(command)
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own rusage: its peak RSS
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            sys.exit(f"{stage}: influcoder materialize failed (exit {child.returncode}); its messages are above")
+        seconds[stage], rss[stage] = round(time.perf_counter() - start, 1), round(usage.ru_maxrss / 1024)
+        rss_file.write_text(json.dumps(rss))
+        seconds_file.write_text(json.dumps(seconds))
+        print(f"{stage}: {seconds[stage]:.0f} s, peak {rss[stage]:,} MB", flush=True)
+    return seconds, rss
 
 
 def corpus_hash(texts: list[str]) -> str:
@@ -215,7 +225,7 @@ def corpus_row(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[dict
 
     args.work.mkdir(parents=True, exist_ok=True)
     config = write_config(args.work, selected_corpus(args), args.base_model)
-    seconds = pipeline_seconds(config, args.work)
+    seconds, rss = run_stages(config, args.work)
     cfg = load_config(config)
     home, table = cfg.home_path, json.loads(Paths(cfg.home_path).encoder_eval.read_text())
     rankings = read_rankings(cfg)
@@ -238,7 +248,7 @@ def corpus_row(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[dict
            "n_real": len(data.corpus_texts), "n_synthetic": 0, "n_train": n_train, "n_heldout_queries": len(data.anchor_texts),
            "n_eval_pool": len(data.pool_texts), "n_served_queries": len(queries), "student": student, **baselines, **path,
            "encoder_train_s": full["train_s"], "encoder_train_s_per_10k": round(full["train_s"] / n_train * 10_000, 1),
-           "pipeline_s": seconds}
+           "pipeline_s": seconds, "pipeline_peak_rss_mb": rss}
     return row, [{"corpus": args.name, **p} for p in [*curve, full]]
 
 
