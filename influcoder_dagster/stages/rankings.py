@@ -202,7 +202,8 @@ def _existing_lists(home: Any, query_ids: list[str], kind: str) -> dict[str, tup
 
 
 def _candidate_rows(cfg: Config, inp: _Inputs, side: QuerySide, new_anchors: list[str], rows: ScoreRows) -> None:
-    """Random training candidates of each new anchor, with their teacher scores."""
+    """Random training candidates of each new anchor, with their teacher scores; the candidates'
+    store rows are read about ``rankings.block_rows`` at a time (at 100,000 anchors they would be 36 GB)."""
     if not new_anchors:
         return
     r, wanted = cfg.rankings, side.wanted
@@ -211,9 +212,12 @@ def _candidate_rows(cfg: Config, inp: _Inputs, side: QuerySide, new_anchors: lis
              for q in new_anchors]
     width = min(len(c) for c in cands)
     cand_ids = np.stack([c[:width] for c in cands])
-    scores = pair_scores(side(new_anchors), inp.store.lookup(cand_ids.ravel()).reshape(*cand_ids.shape, inp.store.dim))
-    for i, q in enumerate(new_anchors):
-        rows.add(q, cand_ids[i], scores[i], "random")
+    step = max(1, r.block_rows // max(width, 1))
+    for start in range(0, len(new_anchors), step):
+        block, ids = new_anchors[start : start + step], cand_ids[start : start + step]
+        scores = pair_scores(side(block), inp.store.lookup(ids.ravel()).reshape(*ids.shape, inp.store.dim))
+        for q, q_ids, q_scores in zip(block, ids, scores, strict=True):
+            rows.add(q, q_ids, q_scores, "random")
 
 
 def _eval_pool(cfg: Config, inp: _Inputs, wanted: dict[str, dict[str, Any]], state: dict[str, str] | None,
