@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.behaviour import OUTPUTS, planted_behaviour  # noqa: E402
+from benchmarks.fidelity import STAGES  # noqa: E402
 from benchmarks.planted import provenance, real_passages  # noqa: E402
 from benchmarks.retrain import Retrainer  # noqa: E402
 
@@ -66,11 +67,6 @@ def write_config(work: Path, corpus: list[dict[str, Any]]) -> Path:
     return config
 
 
-STAGES = (("base_model", ["base_model"]),
-          ("teacher", ["tokenized_corpus", "projected_gradients", "corpus_manifest", "influence_rankings"]),
-          ("student", ["influcoder_encoder", "embedding_index"]))
-
-
 def run_pipeline(config: Path, stages: int = len(STAGES)) -> dict[str, float]:
     """The first ``stages`` of the pipeline's stages (all by default) with the configuration's
     settings; the seconds of each."""
@@ -78,7 +74,7 @@ def run_pipeline(config: Path, stages: int = len(STAGES)) -> dict[str, float]:
     from influcoder_dagster.core.config import load_config
 
     home, seconds = load_config(config).home_path, {}
-    for name, assets in STAGES[:stages]:
+    for name, assets in list(STAGES.items())[:stages]:
         start = time.perf_counter()
         runs = materialize(str(config), home, assets)
         if not runs.success:

@@ -43,27 +43,33 @@ def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int 
         raise ValueError(f"ridge needs at least 2 training rows to choose alpha, got {n}")
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng(seed).permutation(n)[: max(1, round(n * HELD_BACK))]] = True
-    gram, xty, x_mean, y_mean = _centred_moments(x[~held], targets[~held])
+    fit_sums, held_sums = _sums(x[~held], targets[~held]), _sums(x[held], targets[held])
+    gram, xty, x_mean, y_mean = _centred(fit_sums)
     scores = {}
     for alpha in alphas:
         coef = _solve(gram, xty, alpha)
         scores[float(alpha)] = mean_cosine(np.asarray(x[held] @ coef) + (y_mean - x_mean @ coef), targets[held])
     alpha = max(scores, key=scores.get)
-    gram, xty, x_mean, y_mean = _centred_moments(x, targets)
+    gram, xty, x_mean, y_mean = _centred(tuple(a + b for a, b in zip(fit_sums, held_sums, strict=True)))
     coef = _solve(gram, xty, alpha)
     return RidgeMap(coef.astype(np.float32), (y_mean - x_mean @ coef).astype(np.float32), alpha, scores)
 
 
-def _centred_moments(x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``X'X`` and ``X'Y`` of the column-centred rows (computed without densifying a sparse ``x``),
-    and the column means of ``x`` and ``y``, in float64."""
-    n, x = x.shape[0], x.astype(np.float64)
-    x_mean = np.asarray(x.mean(axis=0)).ravel()
-    y_mean = y.mean(axis=0, dtype=np.float64)
+def _sums(x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """``X'X``, ``X'Y`` and the column sums of ``x`` and ``y`` (in float64, a sparse ``x`` never
+    densified), and the row count: additive over row sets, so the held-back and fitting rows'
+    sums give all rows' without a second pass."""
+    x = x.astype(np.float64)
     xtx = x.T @ x
-    gram = (xtx.toarray() if hasattr(xtx, "toarray") else xtx) - n * np.outer(x_mean, x_mean)
-    xty = np.asarray(x.T @ y) - n * np.outer(x_mean, y_mean)
-    return gram, xty, x_mean, y_mean
+    return ((xtx.toarray() if hasattr(xtx, "toarray") else xtx), np.asarray(x.T @ y),
+            np.asarray(x.sum(axis=0)).ravel(), y.sum(axis=0, dtype=np.float64), x.shape[0])
+
+
+def _centred(sums: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The column-centred ``X'X`` and ``X'Y``, and the column means of ``x`` and ``y``."""
+    xtx, xty, x_sum, y_sum, n = sums
+    x_mean, y_mean = x_sum / n, y_sum / n
+    return xtx - n * np.outer(x_mean, x_mean), xty - n * np.outer(x_mean, y_mean), x_mean, y_mean
 
 
 def _solve(gram: np.ndarray, xty: np.ndarray, alpha: float) -> np.ndarray:
