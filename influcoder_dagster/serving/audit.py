@@ -11,10 +11,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from influcoder_dagster.core.atomic import atomic_path
+from influcoder_dagster.teacher.rankings_db import connect
 
 
 def aggregate(hits: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def write_audit(out_dir: Path, queries: list[dict[str, Any]], hits: list[list[di
     db = out_dir / "audit.duckdb"
     with atomic_path(db) as tmp:
         tmp.unlink()
-        con = duckdb.connect(str(tmp))
+        con = connect(tmp)
         for name, rows, schema in (
             ("hits", hit_rows, {"query_id": pa.string(), "rank": pa.int32(), "sample_id": pa.int64(), "score": pa.float64()}),
             ("suspects", suspects, {"sample_id": pa.int64(), "n_queries": pa.int32(), "mass": pa.float64(), "max_score": pa.float64(),

@@ -9,6 +9,7 @@ lock and never see a half-written table.
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,17 @@ class Update:
     relisted: list[str] = field(default_factory=list)
 
 
+def connect(path: Path, read_only: bool = False, **config: Any) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose progress bar shows only on a terminal: in a log file or a Dagster
+    compute log it would be a stream of carriage-return redraws. ``lock_configuration`` is applied last."""
+    locked = config.pop("lock_configuration", False)
+    con = duckdb.connect(str(path), read_only=read_only, config=config)
+    con.execute(f"SET enable_progress_bar = {sys.stdout.isatty()}")  # a session option: not settable in connect()'s config
+    if locked:
+        con.execute("SET lock_configuration = true")
+    return con
+
+
 def apply_update(home: Path, update: Update) -> Path:
     """Apply ``update`` to the writer database, then publish the snapshot and the Parquet export.
 
@@ -91,7 +103,7 @@ def apply_update(home: Path, update: Update) -> Path:
     if update.rebuild:
         db.unlink(missing_ok=True)
         Path(f"{db}.wal").unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
+    con = connect(db)
     try:
         if update.rebuild:
             con.execute(SCHEMA)
@@ -130,7 +142,7 @@ def read_state(home: Path) -> dict[str, str] | None:
     db = Paths(home).rankings_db
     if not db.exists():
         return None
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db, read_only=True)
     try:
         return dict(con.execute("SELECT key, value FROM state").fetchall())
     except duckdb.Error:  # a database from before the state table: rebuild it
@@ -141,7 +153,7 @@ def read_state(home: Path) -> dict[str, str] | None:
 
 def writer_query(home: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
     """Read from the writer database (the caller holds the writer pool)."""
-    con = duckdb.connect(str(Paths(home).rankings_db), read_only=True)
+    con = connect(Paths(home).rankings_db, read_only=True)
     try:
         return con.execute(sql, params or []).fetchall()
     finally:
@@ -161,7 +173,7 @@ def export_parquet(home: Path) -> Path:
     Read from the writer database: the snapshot may be held open by a sandboxed reader in this process.
     """
     out = Paths(home).rankings_parquet
-    con = duckdb.connect(str(Paths(home).rankings_db), read_only=True)
+    con = connect(Paths(home).rankings_db, read_only=True)
     try:
         with atomic_dir(out) as tmp:
             for name in TABLES:
@@ -184,7 +196,7 @@ def connect_readonly(home: Path, memory_limit: str | None = None) -> Any:
     if not snap.exists():
         raise MissingUpstreamError(f"no rankings database at {snap}", "influence_rankings")
     config = {**SANDBOX, **({"memory_limit": memory_limit} if memory_limit else {})}
-    return duckdb.connect(str(snap), read_only=True, config=config)
+    return connect(snap, read_only=True, **config)
 
 
 def run_query(home: Path, sql: str, memory_limit: str = "2GB", timeout_s: float = 60.0) -> tuple[list[str], list[tuple]]:

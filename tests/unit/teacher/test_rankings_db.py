@@ -99,3 +99,11 @@ def test_duplicate_column_names_survive_and_a_long_query_is_stopped(tmp_path):
     assert run_query(tmp_path, "SELECT 1 AS a, 2 AS a, 3 AS a_2") == (["a", "a_3", "a_2"], [(1, 2, 3)])
     with pytest.raises(InflucoderError, match="longer than 0.5 s"):
         run_query(tmp_path, "SELECT count(*) FROM range(10000000000) t(x), range(100000) u(y)", timeout_s=0.5)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_progress_bar_shows_only_on_a_terminal(tmp_path, monkeypatch, terminal):
+    write_database(tmp_path, tables(2, "r1"))
+    monkeypatch.setattr("sys.stdout.isatty", lambda: terminal)
+    con = connect_readonly(tmp_path)
+    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (terminal,)
