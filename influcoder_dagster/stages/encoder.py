@@ -22,7 +22,7 @@ from influcoder_dagster.stages.result import StageResult
 from influcoder_dagster.student import tracking
 from influcoder_dagster.student.distill import AnchorGroup, train_encoder
 from influcoder_dagster.student.encoder import encode, load_encoder
-from influcoder_dagster.student.eval_data import load_eval_set, training_groups, training_samples
+from influcoder_dagster.student.eval_data import load_eval_set, training_anchor_ids, training_groups, training_samples
 from influcoder_dagster.student.evaluation import (
     EvalSet,
     agreement,
@@ -46,7 +46,8 @@ TABLE_ORDER = ("student", "teacher_ceiling", "teacher_prior", "untrained", "bm25
 class Rankings:
     """What the encoder learns from and is judged on, read from the published rankings."""
 
-    groups: list[AnchorGroup]
+    groups: list[AnchorGroup]  # read for the ``rankings`` objective only
+    anchor_ids: np.ndarray  # the training anchors' sample ids
     train: tuple[list[int], list[str]]
     data: EvalSet
     ceiling: np.ndarray | None
@@ -99,7 +100,8 @@ def run_encoder(cfg: Config, progress: bool = True) -> StageResult:
 def read_rankings(cfg: Config) -> Rankings:
     con = connect_readonly(cfg.home_path)
     try:
-        groups, train = training_groups(con), training_samples(con)
+        groups = training_groups(con) if cfg.encoder.objective == "rankings" else []
+        anchor_ids, train = training_anchor_ids(con), training_samples(con)
         anchors_as_queried = not cfg.projection.adam_precondition or plain_anchor_gradients(cfg)
         data, ceiling, teacher_recall = load_eval_set(con, cfg.k, anchors_as_queried)
         run = con.execute("SELECT run_id, base_model_hash, dataset_version, projection, dim, seed, store_key FROM runs "
@@ -107,7 +109,7 @@ def read_rankings(cfg: Config) -> Rankings:
     finally:
         con.close()
     teacher_run, model_hash, dataset_version, projection, dim, seed, store_key = run
-    return Rankings(groups, train, data, ceiling, teacher_recall, teacher_run, model_hash, dataset_version,
+    return Rankings(groups, anchor_ids, train, data, ceiling, teacher_recall, teacher_run, model_hash, dataset_version,
                      {"projection": projection, "projection_dim": dim, "projection_seed": seed, "store_key": store_key})
 
 
@@ -120,8 +122,8 @@ def _baselines(cfg: Config, model: Any, rankings: Rankings, pair_teacher: PairTe
     table["random"] = evaluate(random_scorer(e.seed), data)
     ceiling = agreement_table(data.teacher, rankings.ceiling) if rankings.ceiling is not None else {}
     table["teacher_ceiling"] = {**ceiling, "planted_recall": rankings.teacher_recall}
-    if data.anchor_texts and rankings.groups:  # each pool sample's mean teacher score over the training anchors
-        train_ids = np.array([g.sample_id for g in rankings.groups], dtype=np.int64)
+    if data.anchor_texts and len(rankings.anchor_ids):  # each pool sample's mean teacher score over the training anchors
+        train_ids = rankings.anchor_ids
         chunks = np.array_split(train_ids, -(-len(train_ids) // cfg.rankings.block_rows))  # a block of anchor rows at a time
         prior = sum(pair_teacher(c, data.pool_ids).sum(0) for c in chunks) / len(train_ids)
         table["teacher_prior"] = agreement(np.tile(prior, (len(data.anchor_texts), 1)), data)

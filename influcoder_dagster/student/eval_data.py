@@ -39,24 +39,32 @@ def training_groups(con: Any) -> list[AnchorGroup]:
                         {k: np.asarray(i, dtype=np.int64) for k, (_, _, i) in c.items()}) for a, aid, c in groups.values()]
 
 
+def training_anchor_ids(con: Any) -> np.ndarray:
+    """The training anchors' sample ids (without their candidate lists: ``training_groups`` holds
+    every candidate's text, several GB at 100,000 samples)."""
+    rows = con.execute("SELECT sample_id FROM queries WHERE kind = 'anchor' AND split = 'train' ORDER BY query_id").fetchnumpy()
+    return np.asarray(rows["sample_id"], dtype=np.int64)
+
+
 def _eval_matrices(con: Any, kind: str) -> tuple[list[str], list[int], list[str], np.ndarray]:
-    rows = con.execute("""
-        SELECT s.query_id, q.text, s.sample_id, m.text, s.score
-        FROM scores s JOIN queries q ON q.query_id = s.query_id JOIN samples m ON m.sample_id = s.sample_id
-        WHERE s.kind = ? ORDER BY s.query_id, s.sample_id
-    """, [kind]).fetchall()
-    anchors = sorted({r[0] for r in rows})
-    pool = sorted({r[2] for r in rows})
-    a_pos = {a: i for i, a in enumerate(anchors)}
-    p_pos = {p: i for i, p in enumerate(pool)}
+    """(anchor texts, pool ids, pool texts, anchors x pool scores) of one ``kind`` of eval rows. The
+    scores arrive as columns with their matrix positions; each text is read once, not once a row."""
+    cells = con.execute("""
+        SELECT dense_rank() OVER (ORDER BY query_id) - 1 AS a, dense_rank() OVER (ORDER BY sample_id) - 1 AS p, score
+        FROM scores WHERE kind = ?
+    """, [kind]).fetchnumpy()
+    anchors = con.execute("SELECT q.text FROM queries q WHERE q.query_id IN (SELECT query_id FROM scores WHERE kind = ?) "
+                          "ORDER BY q.query_id", [kind]).fetchall()
+    pool = con.execute("SELECT m.sample_id, m.text FROM samples m WHERE m.sample_id IN (SELECT sample_id FROM scores WHERE kind = ?) "
+                       "ORDER BY m.sample_id", [kind]).fetchall()
     mat = np.full((len(anchors), len(pool)), np.nan, dtype=np.float32)
-    anchor_text, pool_text = {}, {}
-    for qid, qtext, sid, stext, score in rows:
-        mat[a_pos[qid], p_pos[sid]] = score
-        anchor_text[qid], pool_text[sid] = qtext, stext
+    a, p = np.asarray(cells["a"], dtype=np.int64), np.asarray(cells["p"], dtype=np.int64)
+    if len(a) and (a.max() >= len(anchors) or p.max() >= len(pool)):
+        raise MissingUpstreamError(f"'{kind}' scores name queries or samples missing from the rankings database", "influence_rankings")
+    mat[a, p] = np.asarray(cells["score"], dtype=np.float32)
     if np.isnan(mat).any():
         raise MissingUpstreamError(f"incomplete '{kind}' score matrix in the rankings database", "influence_rankings")
-    return [anchor_text[a] for a in anchors], pool, [pool_text[p] for p in pool], mat
+    return [r[0] for r in anchors], [r[0] for r in pool], [r[1] for r in pool], mat
 
 
 def load_eval_set(con: Any, k: int, anchors_as_queried: bool = True) -> tuple[EvalSet, np.ndarray | None, float]:
