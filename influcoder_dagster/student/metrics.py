@@ -5,7 +5,9 @@ Rank correlations and NDCG come from scipy and scikit-learn; recall is a set ove
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -13,16 +15,30 @@ from influcoder_dagster.teacher.scoring import unit_rows
 
 
 def per_query_spearman(teacher: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Spearman correlation per row of two (queries, candidates) score matrices."""
+    """Spearman correlation per row of two (queries, candidates) score matrices; 0 for a constant row."""
     from scipy.stats import spearmanr
 
-    return np.array([_finite(spearmanr(t, o).statistic) for t, o in zip(teacher, other, strict=True)])
+    with _constant_rows_allowed():
+        return np.array([_finite(spearmanr(t, o).statistic) for t, o in zip(teacher, other, strict=True)])
 
 
 def per_query_kendall(teacher: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Kendall's tau per row; 0 for a constant row."""
     from scipy.stats import kendalltau
 
-    return np.array([_finite(kendalltau(t, o).statistic) for t, o in zip(teacher, other, strict=True)])
+    with _constant_rows_allowed():
+        return np.array([_finite(kendalltau(t, o).statistic) for t, o in zip(teacher, other, strict=True)])
+
+
+@contextmanager
+def _constant_rows_allowed() -> Iterator[None]:
+    """A constant row (BM25 with no shared term, say) has no rank correlation and counts as 0, so
+    scipy's warning about it is not news."""
+    from scipy.stats import ConstantInputWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        yield
 
 
 def aggregated_spearman(teacher: np.ndarray, other: np.ndarray) -> float:
@@ -77,6 +93,9 @@ def _finite(x: float) -> float:
     return 0.0 if np.isnan(x) else x
 
 
-def mean_cosine(pred: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over rows of the cosine between ``pred`` and ``targets``."""
-    return float((unit_rows(pred) * unit_rows(targets)).sum(1).mean())
+def mean_cosine(pred: np.ndarray, targets: np.ndarray, block_rows: int = 8192) -> float:
+    """Mean over rows of the cosine between ``pred`` and ``targets`` (a block of rows at a time: no
+    unit copies of 100,000 x 1,024 arrays)."""
+    total = sum(float((unit_rows(pred[i : i + block_rows]) * unit_rows(targets[i : i + block_rows])).sum())
+                for i in range(0, len(pred), block_rows))
+    return total / max(len(pred), 1)

@@ -3,6 +3,7 @@ import pytest
 
 from influcoder_dagster.student.metrics import (
     aggregated_spearman,
+    mean_cosine,
     ndcg_at_k,
     per_query_kendall,
     per_query_spearman,
@@ -49,3 +50,22 @@ def test_a_method_with_non_finite_scores_gets_nan_agreement_and_the_gate_refuses
     assert all(np.isnan(v) for v in row.values())
     table = {"student": row, **{b: {"spearman": 0.1} for b in ("untrained", "bm25", "random")}}
     assert promotion_decision(table, None) == (False, "held-out Spearman is nan: the student's scores carry no ranking")
+
+
+def test_mean_cosine_is_the_same_a_block_of_rows_at_a_time():
+    rng = np.random.default_rng(0)
+    pred, targets = rng.normal(size=(50, 6)), rng.normal(size=(50, 6))
+    direct = np.mean(np.sum(pred * targets, 1) / np.linalg.norm(pred, axis=1) / np.linalg.norm(targets, axis=1))
+    assert mean_cosine(pred, targets, block_rows=7) == pytest.approx(direct, rel=1e-5)
+    assert mean_cosine(pred, targets) == pytest.approx(direct, rel=1e-5)
+
+
+def test_a_constant_row_counts_as_zero_without_a_warning():
+    import warnings
+
+    t = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    o = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert per_query_spearman(t, o).tolist() == [0.0, pytest.approx(1.0)]
+        assert per_query_kendall(t, o).tolist() == [0.0, pytest.approx(1.0)]
