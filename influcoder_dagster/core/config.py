@@ -90,7 +90,7 @@ class RankingConfig(_Section):
     n_bottom: int = Field(16, ge=0, description="most negatively scored samples kept per query")
     n_random: int = Field(32, ge=0, description="random candidates scored per anchor (from the train pool for training anchors)")
     eval_pool_size: int = Field(400, ge=0, description="held-out pool samples scored in full for held-out anchors")
-    block_rows: int = Field(4096, ge=1, description="store rows per scoring block (memory ~ block_rows x dim x 10 bytes)")
+    block_rows: int = Field(4096, ge=1, description="store rows per scoring block, and queries per pass over the store (memory ~ block_rows x (10 dim + 16 block_rows) bytes)")
     anchor_gradients: Literal["stored", "plain"] = Field(
         "stored", description="an anchor's query side: its stored row (the Adam direction under adam_precondition), "
                               "or its plain gradient, as user queries are scored")

@@ -15,6 +15,7 @@ fixed at the rebuild, so new samples do not join it until the next rebuild.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -176,18 +177,34 @@ def _score_lists(cfg: Config, store: Any, side: QuerySide, queries: QueryChanges
     """Top and bottom lists: in full for new and dirty queries, merged with the new shards' for the rest."""
     r, k = cfg.rankings, max(cfg.rankings.top_k, cfg.k)
     if queries.full:
-        top, bottom = stream_topk(side(queries.full), store.iter_blocks(r.block_rows), k, r.n_bottom, side.exclusions(queries.full))
+        top, bottom = _ranked_lists(cfg, side, queries.full, lambda: store.iter_blocks(r.block_rows))
         rows.add_ranked(queries.full, top, bottom)
     if not queries.merged:
         return
     merged = queries.merged
-    top, bottom = stream_topk(side(merged), store.iter_blocks(r.block_rows, shards.added), k, r.n_bottom, side.exclusions(merged))
+    top, bottom = _ranked_lists(cfg, side, merged, lambda: store.iter_blocks(r.block_rows, shards.added))
     old_top, old_bottom = _existing_lists(cfg.home_path, merged, "top"), _existing_lists(cfg.home_path, merged, "bottom")
     for i, q in enumerate(merged):
         t = merge_ranked(Ranked(old_top[q][1][None], old_top[q][0][None]), Ranked(top.scores[i : i + 1], top.ids[i : i + 1]), k)
         b = merge_ranked(Ranked(old_bottom[q][1][None], old_bottom[q][0][None]),
                          Ranked(bottom.scores[i : i + 1], bottom.ids[i : i + 1]), r.n_bottom, largest=False)
         rows.add_ranked([q], t, b)
+
+
+def _ranked_lists(cfg: Config, side: QuerySide, query_ids: list[str], blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+                  ) -> tuple[Ranked, Ranked]:
+    """``stream_topk`` over ``blocks()`` for ``rankings.block_rows`` queries at a time, each group one
+    more pass over the store: a store block's scores and merges are (queries x block rows), which
+    for 40,000 anchors at once took several GB."""
+    r, k = cfg.rankings, max(cfg.rankings.top_k, cfg.k)
+    tops, bottoms = [], []
+    for start in range(0, len(query_ids), r.block_rows):
+        group = query_ids[start : start + r.block_rows]
+        top, bottom = stream_topk(side(group), blocks(), k, r.n_bottom, side.exclusions(group))
+        tops.append(top)
+        bottoms.append(bottom)
+    return (Ranked(np.concatenate([t.scores for t in tops]), np.concatenate([t.ids for t in tops])),
+            Ranked(np.concatenate([b.scores for b in bottoms]), np.concatenate([b.ids for b in bottoms])))
 
 
 def _existing_lists(home: Any, query_ids: list[str], kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -286,11 +303,7 @@ def _update(inp: _Inputs, wanted: dict[str, dict[str, Any]], queries: QueryChang
         "mode": ["rebuild" if shards.rebuild else "incremental"], "preconditioned": [preconditioned], "created_at": [now],
         "dagster_run_id": [dagster_run_id],
     })
-    scores = pa.table({
-        "query_id": pa.array(rows.query_id, pa.string()), "sample_id": pa.array(rows.sample_id, pa.int64()),
-        "score": pa.array(rows.score, pa.float32()), "rank": pa.array(rows.rank, pa.int32()),
-        "kind": pa.array(rows.kind, pa.string()), "run_id": pa.array([run_id] * len(rows), pa.string()),
-    })
+    scores = rows.table(run_id)
     return rankings_db.Update(
         rebuild=shards.rebuild, samples=samples, quarantine=read_quarantine(inp.paths.corpus), queries=query_table, scores=scores,
         run=run, state=state, drop_shards=shards.removed, drop_queries=queries.dropped, relisted=queries.merged + queries.dirty,

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from influcoder_dagster.teacher.pools import ScoreRows, anchor_ids, eval_pool, pool_split, random_candidates
 
@@ -33,4 +34,10 @@ def test_rows_are_ranked_best_first_and_bottom_lists_most_negative_first():
     rows = ScoreRows()
     rows.add("q", np.array([1, 2, 3]), np.array([0.1, 0.9, 0.5]), "top")
     rows.add("q", np.array([4, 5]), np.array([-0.1, -0.7]), "bottom", ascending=True)
-    assert rows.sample_id == [2, 3, 1, 5, 4] and rows.rank == [1, 2, 3, 1, 2]
+    rows.add("p", np.array([6, -1]), np.array([0.3, 0.0]), "random")  # id -1 is padding
+    table = rows.table("run")
+    assert table.column("sample_id").to_pylist() == [2, 3, 1, 5, 4, 6] and table.column("rank").to_pylist() == [1, 2, 3, 1, 2, 1]
+    assert table.column("query_id").to_pylist() == ["q"] * 5 + ["p"] and table.column("kind").to_pylist() == ["top"] * 3 + ["bottom"] * 2 + ["random"]
+    assert table.column("score").to_pylist() == pytest.approx([0.9, 0.5, 0.1, -0.7, -0.1, 0.3])
+    assert table.column("run_id").to_pylist() == ["run"] * 6 and len(rows) == 6
+    assert ScoreRows().table("run").num_rows == 0
