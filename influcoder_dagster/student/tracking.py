@@ -199,9 +199,9 @@ def load_sketch(name: str, version: str, folder: Path) -> Sketch | None:
 
 
 def champion_spearman(name: str, version: str) -> float | None:
+    """The held-out Spearman the registered ``version`` was promoted on."""
     from mlflow import MlflowClient
 
-    """The held-out Spearman the registered ``version`` was promoted on."""
     client = MlflowClient()
     run_id = client.get_model_version(name, version).run_id
     return client.get_run(run_id).data.metrics.get("student.spearman")
