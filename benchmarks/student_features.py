@@ -21,7 +21,12 @@ finds; ``oracle`` is the query's own sketched gradient (the ceiling). Feature se
   it serves as one embedding-bag lookup;
 * ``decoder_states``: the decoder's mean-pooled hidden states, every layer of every scored checkpoint
   (forward only, no gradient);
-* ``minilm_layers+decoder_ngrams``, ``decoder_states+decoder_ngrams``: both, each block scaled to unit norm.
+* ``decoder_output_gradient``: the gradient of the loss with respect to a (d x d) linear map on
+  the last checkpoint's final hidden states, ``sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over the loss
+  positions (``W_out`` the output embedding, ``p_t`` the predicted distribution): the teacher's own
+  kind of feature, but at the output, so it needs a forward pass and no backward pass;
+* ``minilm_layers+decoder_ngrams``, ``decoder_states+decoder_ngrams``,
+  ``decoder_output_gradient+decoder_tokens``: both, each block scaled to unit norm.
 
 Rows with a ``planted`` field are left out of queries, documents and fits. One home's row replaces
 the JSON's row of the same ``--name``.
@@ -110,6 +115,42 @@ def decoder_states(decoders: list[Any], max_length: int, texts: list[str], batch
     return np.concatenate(out)
 
 
+def output_gradient(model: Any, tok: Any, max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Per text, ``sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over its loss positions, divided by their
+    count and flattened (d * d): what a backward pass into a linear map on the final hidden states
+    would give, computed from one forward pass."""
+    import torch
+
+    from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
+
+    enc = tokenize_for_loss(tok, texts, max_length)
+    w_out = model.get_output_embeddings().weight
+    out = []
+    for s in range(0, len(enc), batch):
+        b = enc[s:s + batch]
+        ids, mask = pad_batch([e.input_ids for e in b], tok.pad_token_id)
+        with torch.no_grad():
+            o = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            err = o.logits[:, :-1].float().softmax(-1)
+            err.scatter_add_(2, ids[:, 1:, None], -torch.ones_like(ids[:, 1:, None], dtype=err.dtype))
+            m = mask[:, 1:].float()
+            for i, e in enumerate(b):
+                m[i, : max(e.loss_start - 1, 0)] = 0
+            back = (err @ w_out) * m[..., None]
+            phi = torch.einsum("btd,bte->bde", back, o.hidden_states[-1][:, :-1]) / m.sum(1).clamp_min(1)[:, None, None]
+        out.append(phi.flatten(1).numpy())
+    return np.concatenate(out)
+
+
+def unit_scaled(train: Any, queries: Any) -> tuple[Any, Any]:
+    """Both divided by the training rows' root-mean-square norm (dense or sparse), so blocks weigh alike."""
+    import scipy.sparse as sp
+
+    sq = train.multiply(train).sum(1) if sp.issparse(train) else (train ** 2).sum(1)
+    scale = float(np.sqrt(np.asarray(sq).mean()))
+    return train / scale, queries / scale
+
+
 def standardized(train: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """z-scored on the training rows, then scaled so a row's norm is about 1 (blocks weigh alike)."""
     mu, sd = train.mean(0), train.std(0) + 1e-6
@@ -144,6 +185,14 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
 
         return both
 
+    def dense_pair(first: Callable[[], tuple[Any, Any]], second: Callable[[], tuple[Any, Any]]) -> Callable[[], tuple[Any, Any]]:
+        """Both blocks side by side, dense (the first is a dense 16,384 columns: sparse would cost more)."""
+        def both() -> tuple[Any, Any]:
+            (at, aq), (bt, bq) = first(), second()
+            return np.hstack([at, bt.toarray()]).astype(np.float32), np.hstack([aq, bq.toarray()]).astype(np.float32)
+
+        return both
+
     output = once("minilm_output", lambda: standardized(encode(minilm, train_texts, "query"), encode(minilm, asked.queries, "query")))
     layers = once("minilm_layers", lambda: standardized(minilm_layers(full, length, train_texts),
                                                                      minilm_layers(full, length, asked.queries)))
@@ -156,8 +205,13 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
         train_texts, asked.queries))
     states = once("decoder_states", lambda: standardized(decoder_states(decoders, cfg.model.max_length, train_texts),
                                                          decoder_states(decoders, cfg.model.max_length, asked.queries)))
+    last, last_tok, _ = decoders[-1]
+    out_grad = once("decoder_output_gradient", lambda: unit_scaled(output_gradient(last, last_tok, cfg.model.max_length, train_texts),
+                                                                  output_gradient(last, last_tok, cfg.model.max_length, asked.queries)))
+    unit_tokens = once("decoder_tokens_unit", lambda: unit_scaled(*tokens()))
     return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "decoder_tokens": tokens,
-            "wordpiece_ngrams": wordpiece, "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states)}
+            "wordpiece_ngrams": wordpiece, "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states),
+            "decoder_output_gradient": out_grad, "decoder_output_gradient+decoder_tokens": dense_pair(out_grad, unit_tokens)}
 
 
 def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, Any]:
