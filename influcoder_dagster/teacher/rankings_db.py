@@ -88,10 +88,17 @@ def connect(path: Path, read_only: bool = False, **config: Any) -> duckdb.DuckDB
     compute log it would be a stream of carriage-return redraws. ``lock_configuration`` is applied last."""
     locked = config.pop("lock_configuration", False)
     con = duckdb.connect(str(path), read_only=read_only, config=config)
-    con.execute(f"SET enable_progress_bar = {sys.stdout.isatty()}")  # a session option: not settable in connect()'s config
-    if locked:
+    # Session options, not settable in connect()'s config. A second connection to a file this process
+    # already has open shares its database instance, whose configuration another reader may have locked.
+    if _setting(con, "enable_progress_bar") != sys.stdout.isatty() and not _setting(con, "lock_configuration"):
+        con.execute(f"SET enable_progress_bar = {sys.stdout.isatty()}")
+    if locked and not _setting(con, "lock_configuration"):
         con.execute("SET lock_configuration = true")
     return con
+
+
+def _setting(con: duckdb.DuckDBPyConnection, name: str) -> Any:
+    return con.execute("SELECT current_setting(?)", [name]).fetchone()[0]
 
 
 def apply_update(home: Path, update: Update) -> Path:

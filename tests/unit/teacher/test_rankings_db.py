@@ -107,3 +107,10 @@ def test_the_progress_bar_shows_only_on_a_terminal(tmp_path, monkeypatch, termin
     monkeypatch.setattr("sys.stdout.isatty", lambda: terminal)
     con = connect_readonly(tmp_path)
     assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (terminal,)
+
+
+def test_a_second_connection_to_a_locked_snapshot_opens(tmp_path):
+    write_database(tmp_path, tables(2, "r1"))
+    first = connect_readonly(tmp_path)
+    second = connect_readonly(tmp_path)  # the same database instance, its configuration already locked
+    assert first.execute("SELECT count(*) FROM samples").fetchone() == second.execute("SELECT count(*) FROM samples").fetchone() == (2,)
