@@ -98,7 +98,7 @@ def connect(path: Path, read_only: bool = False, **config: Any) -> duckdb.DuckDB
 
 
 def _setting(con: duckdb.DuckDBPyConnection, name: str) -> Any:
-    return con.execute("SELECT current_setting(?)", [name]).fetchone()[0]
+    return con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]  # fetchall: no unfinished result left
 
 
 def apply_update(home: Path, update: Update) -> Path:
