@@ -133,9 +133,8 @@ def output_gradient(model: Any, tok: Any, max_length: int, texts: list[str], bat
             o = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             err = o.logits[:, :-1].float().softmax(-1)
             err.scatter_add_(2, ids[:, 1:, None], -torch.ones_like(ids[:, 1:, None], dtype=err.dtype))
-            m = mask[:, 1:].float()
-            for i, e in enumerate(b):
-                m[i, : max(e.loss_start - 1, 0)] = 0
+            starts = torch.tensor([max(e.loss_start - 1, 0) for e in b])
+            m = mask[:, 1:].float() * (torch.arange(ids.shape[1] - 1)[None, :] >= starts[:, None])
             back = (err @ w_out) * m[..., None]
             phi = torch.einsum("btd,bte->bde", back, o.hidden_states[-1][:, :-1]) / m.sum(1).clamp_min(1)[:, None, None]
         out.append(phi.flatten(1).numpy())

@@ -122,8 +122,7 @@ def _baselines(cfg: Config, model: Any, rankings: Rankings, pair_teacher: PairTe
     table["random"] = evaluate(random_scorer(e.seed), data)
     ceiling = agreement_table(data.teacher, rankings.ceiling) if rankings.ceiling is not None else {}
     table["teacher_ceiling"] = {**ceiling, "planted_recall": rankings.teacher_recall}
-    if data.anchor_texts and len(rankings.anchor_ids):  # each pool sample's mean teacher score over the training anchors
-        train_ids = rankings.anchor_ids
+    if data.anchor_texts and len(train_ids := rankings.anchor_ids):  # each pool sample's mean teacher score over the training anchors
         chunks = np.array_split(train_ids, -(-len(train_ids) // cfg.rankings.block_rows))  # a block of anchor rows at a time
         prior = sum(pair_teacher(c, data.pool_ids).sum(0) for c in chunks) / len(train_ids)
         table["teacher_prior"] = agreement(np.tile(prior, (len(data.anchor_texts), 1)), data)

@@ -90,15 +90,11 @@ def connect(path: Path, read_only: bool = False, **config: Any) -> duckdb.DuckDB
     con = duckdb.connect(str(path), read_only=read_only, config=config)
     # Session options, not settable in connect()'s config. A second connection to a file this process
     # already has open shares its database instance, whose configuration another reader may have locked.
-    if _setting(con, "enable_progress_bar") != sys.stdout.isatty() and not _setting(con, "lock_configuration"):
+    if not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:  # fetchall: no result left open
         con.execute(f"SET enable_progress_bar = {sys.stdout.isatty()}")
-    if locked and not _setting(con, "lock_configuration"):
-        con.execute("SET lock_configuration = true")
+        if locked:
+            con.execute("SET lock_configuration = true")
     return con
-
-
-def _setting(con: duckdb.DuckDBPyConnection, name: str) -> Any:
-    return con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]  # fetchall: no unfinished result left
 
 
 def apply_update(home: Path, update: Update) -> Path:
