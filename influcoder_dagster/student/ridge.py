@@ -5,7 +5,8 @@ several (rows x targets) float64 arrays: 6.4 GB at 100,000 samples and 1,024 tar
 the ~4 GB a 100k training run may use. Here the rows enter only through the centred Gram
 matrix ``X'X`` and ``X'Y`` (features x features and features x targets), so memory does not
 grow with the rows beyond the inputs themselves, and one Gram matrix serves every alpha (one
-Cholesky solve each). Alpha is the one whose predictions have the highest mean cosine with the
+Cholesky solve each); the sums are taken a block of rows at a time, so a dense ``x`` is never
+copied whole into float64. Alpha is the one whose predictions have the highest mean cosine with the
 held-back rows' targets, which is what the served, normalized student is scored on; the map is
 then refitted on all rows. With that alpha the result is scikit-learn's ``Ridge``.
 """
@@ -13,7 +14,7 @@ then refitted on all rows. With that alpha the result is scikit-learn's ``Ridge`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,36 +44,53 @@ def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int 
         raise ValueError(f"ridge needs at least 2 training rows to choose alpha, got {n}")
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng(seed).permutation(n)[: max(1, round(n * HELD_BACK))]] = True
-    fit_sums, held_sums = _sums(x[~held], targets[~held]), _sums(x[held], targets[held])
-    gram, xty, x_mean, y_mean = _centred(fit_sums)
+    held_rows = np.flatnonzero(held)
+    sums = _sums(x, targets, np.flatnonzero(~held))
     scores = {}
     for alpha in alphas:
-        coef = _solve(gram, xty, alpha)
-        scores[float(alpha)] = mean_cosine(np.asarray(x[held] @ coef) + (y_mean - x_mean @ coef), targets[held])
+        coef, intercept = _solve(sums, alpha)
+        scores[float(alpha)] = mean_cosine(np.asarray(x[held_rows] @ coef) + intercept, targets[held_rows])
     alpha = max(scores, key=scores.get)
-    gram, xty, x_mean, y_mean = _centred(tuple(a + b for a, b in zip(fit_sums, held_sums, strict=True)))
-    coef = _solve(gram, xty, alpha)
-    return RidgeMap(coef.astype(np.float32), (y_mean - x_mean @ coef).astype(np.float32), alpha, scores)
+    coef, intercept = _solve(_sums(x, targets, held_rows, into=sums), alpha)  # all rows' sums, in place
+    return RidgeMap(coef.astype(np.float32), intercept.astype(np.float32), alpha, scores)
 
 
-def _sums(x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """``X'X``, ``X'Y`` and the column sums of ``x`` and ``y`` (in float64, a sparse ``x`` never
-    densified), and the row count: additive over row sets, so the held-back and fitting rows'
-    sums give all rows' without a second pass."""
-    x = x.astype(np.float64)
-    xtx = x.T @ x
-    return ((xtx.toarray() if hasattr(xtx, "toarray") else xtx), np.asarray(x.T @ y),
-            np.asarray(x.sum(axis=0)).ravel(), y.sum(axis=0, dtype=np.float64), x.shape[0])
+class _Sums(NamedTuple):
+    """``X'X``, ``X'Y``, the column sums of ``x`` and ``y`` (float64) and the row count: additive
+    over row sets, so the held-back rows are added to the fitting rows' sums in place."""
+
+    xtx: np.ndarray
+    xty: np.ndarray
+    x_sum: np.ndarray
+    y_sum: np.ndarray
+    n: int
 
 
-def _centred(sums: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The column-centred ``X'X`` and ``X'Y``, and the column means of ``x`` and ``y``."""
-    xtx, xty, x_sum, y_sum, n = sums
-    x_mean, y_mean = x_sum / n, y_sum / n
-    return xtx - n * np.outer(x_mean, x_mean), xty - n * np.outer(x_mean, y_mean), x_mean, y_mean
+def _sums(x: Any, y: np.ndarray, rows: np.ndarray, into: _Sums | None = None, block: int = 4096) -> _Sums:
+    """The sums over ``rows`` (added in place to ``into``'s), a block of rows at a time in float64
+    (a sparse ``x`` never densified), so no float64 copy of ``x`` is ever whole."""
+    p, t = x.shape[1], y.shape[1]
+    xtx, xty, x_sum, y_sum, n = into or (np.zeros((p, p)), np.zeros((p, t)), np.zeros(p), np.zeros(t), 0)
+    for start in range(0, len(rows), block):
+        part = rows[start:start + block]
+        xb, yb = x[part].astype(np.float64), y[part].astype(np.float64)
+        gram = xb.T @ xb
+        xtx += gram.toarray() if hasattr(gram, "toarray") else gram
+        xty += np.asarray(xb.T @ yb)
+        x_sum += np.asarray(xb.sum(axis=0)).ravel()
+        y_sum += yb.sum(axis=0)
+    return _Sums(xtx, xty, x_sum, y_sum, n + len(rows))
 
 
-def _solve(gram: np.ndarray, xty: np.ndarray, alpha: float) -> np.ndarray:
+def _solve(sums: _Sums, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The coefficients and intercept at ``alpha``: centring and the ridge term go into one copy of
+    ``X'X``, which the Cholesky solve then overwrites."""
     import scipy.linalg
 
-    return scipy.linalg.solve(gram + alpha * np.eye(len(gram)), xty, assume_a="pos")
+    x_mean, y_mean = sums.x_sum / sums.n, sums.y_sum / sums.n
+    gram = sums.xtx.copy()
+    for start in range(0, len(gram), 1024):  # centred a band of rows at a time: no second (p x p) temporary
+        gram[start:start + 1024] -= sums.n * np.outer(x_mean[start:start + 1024], x_mean)
+    gram[np.diag_indices_from(gram)] += alpha
+    coef = scipy.linalg.solve(gram, sums.xty - sums.n * np.outer(x_mean, y_mean), assume_a="pos", overwrite_a=True)
+    return coef, y_mean - x_mean @ coef
