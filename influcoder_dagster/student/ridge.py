@@ -6,7 +6,9 @@ the ~4 GB a 100k training run may use. Here the rows enter only through the cent
 matrix ``X'X`` and ``X'Y`` (features x features and features x targets), so memory does not
 grow with the rows beyond the inputs themselves, and one Gram matrix serves every alpha (one
 Cholesky solve each); the sums are taken a block of rows at a time, so a dense ``x`` is never
-copied whole into float64. Alpha is the one whose predictions have the highest mean cosine with the
+copied whole into float64. The dense algebra runs through torch (MKL): NumPy's and SciPy's bundled
+OpenBLAS (0.3.31) segfaulted here on the Gram matrix and the Cholesky solve of 18,432 features
+(two cores), which the output-gradient student reaches. Alpha is the one whose predictions have the highest mean cosine with the
 held-back rows' targets, which is what the served, normalized student is scored on; the map is
 then refitted on all rows. With that alpha the result is scikit-learn's ``Ridge``.
 """
@@ -33,7 +35,7 @@ class RidgeMap:
     held_back_cosine: dict[float, float]
 
     def predict(self, x: Any) -> np.ndarray:
-        return np.asarray(x @ self.coef, dtype=np.float32) + self.intercept
+        return _matmul(x, self.coef).astype(np.float32) + self.intercept
 
 
 def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int = 0) -> RidgeMap:
@@ -49,7 +51,7 @@ def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int 
     scores = {}
     for alpha in alphas:
         coef, intercept = _solve(sums, alpha)
-        scores[float(alpha)] = mean_cosine(np.asarray(x[held_rows] @ coef) + intercept, targets[held_rows])
+        scores[float(alpha)] = mean_cosine(_matmul(x[held_rows], coef) + intercept, targets[held_rows])
     alpha = max(scores, key=scores.get)
     coef, intercept = _solve(_sums(x, targets, held_rows, into=sums), alpha)  # all rows' sums, in place
     return RidgeMap(coef.astype(np.float32), intercept.astype(np.float32), alpha, scores)
@@ -69,14 +71,20 @@ class _Sums(NamedTuple):
 def _sums(x: Any, y: np.ndarray, rows: np.ndarray, into: _Sums | None = None, block: int = 4096) -> _Sums:
     """The sums over ``rows`` (added in place to ``into``'s), a block of rows at a time in float64
     (a sparse ``x`` never densified), so no float64 copy of ``x`` is ever whole."""
+    import torch
+
     p, t = x.shape[1], y.shape[1]
     xtx, xty, x_sum, y_sum, n = into or (np.zeros((p, p)), np.zeros((p, t)), np.zeros(p), np.zeros(t), 0)
     for start in range(0, len(rows), block):
         part = rows[start:start + block]
         xb, yb = x[part].astype(np.float64), y[part].astype(np.float64)
-        gram = xb.T @ xb
-        xtx += gram.toarray() if hasattr(gram, "toarray") else gram
-        xty += np.asarray(xb.T @ yb)
+        if hasattr(xb, "toarray"):  # scipy-sparse products: no BLAS
+            xtx += (xb.T @ xb).toarray()
+            xty += np.asarray(xb.T @ yb)
+        else:
+            dense = torch.from_numpy(xb)
+            torch.from_numpy(xtx).addmm_(dense.T, dense)  # in place, into the numpy array
+            torch.from_numpy(xty).addmm_(dense.T, torch.from_numpy(yb))
         x_sum += np.asarray(xb.sum(axis=0)).ravel()
         y_sum += yb.sum(axis=0)
     return _Sums(xtx, xty, x_sum, y_sum, n + len(rows))
@@ -84,13 +92,24 @@ def _sums(x: Any, y: np.ndarray, rows: np.ndarray, into: _Sums | None = None, bl
 
 def _solve(sums: _Sums, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """The coefficients and intercept at ``alpha``: centring and the ridge term go into one copy of
-    ``X'X``, which the Cholesky solve then overwrites."""
-    import scipy.linalg
+    ``X'X``, which its Cholesky factor then overwrites."""
+    import torch
 
     x_mean, y_mean = sums.x_sum / sums.n, sums.y_sum / sums.n
-    gram = sums.xtx.copy()
+    gram = torch.from_numpy(sums.xtx.copy())
     for start in range(0, len(gram), 1024):  # centred a band of rows at a time: no second (p x p) temporary
-        gram[start:start + 1024] -= sums.n * np.outer(x_mean[start:start + 1024], x_mean)
-    gram[np.diag_indices_from(gram)] += alpha
-    coef = scipy.linalg.solve(gram, sums.xty - sums.n * np.outer(x_mean, y_mean), assume_a="pos", overwrite_a=True)
+        gram[start:start + 1024] -= torch.from_numpy(sums.n * np.outer(x_mean[start:start + 1024], x_mean))
+    gram.diagonal().add_(alpha)
+    torch.linalg.cholesky(gram, out=gram)
+    rhs = torch.from_numpy(sums.xty - sums.n * np.outer(x_mean, y_mean))
+    coef = torch.cholesky_solve(rhs, gram).numpy()
     return coef, y_mean - x_mean @ coef
+
+
+def _matmul(x: Any, coef: np.ndarray) -> np.ndarray:
+    """``x @ coef`` for sparse or dense ``x``; dense through torch (see the module docstring)."""
+    import torch
+
+    if hasattr(x, "toarray"):
+        return np.asarray(x @ coef)
+    return (torch.from_numpy(np.asarray(x, dtype=coef.dtype)) @ torch.from_numpy(coef)).numpy()
