@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,10 +55,19 @@ AGREEMENT = ("spearman", "agg_spearman", "ndcg10")
 BASELINES = {"ceiling": "teacher_ceiling", "untrained": "untrained", "bm25": "bm25", "random": "random"}  # JSON name -> eval row
 
 
-def write_config(work: Path, corpus: Path, base_model: Path | None) -> Path:
+def write_config(work: Path, corpus: Path, base_model: Path | None, overrides: list[str]) -> Path:
+    """The home's configuration: the defaults, the corpus, ``base_model`` and any ``SECTION.KEY=VALUE``
+    overrides (VALUE a TOML literal)."""
+    settings: dict[str, dict[str, Any]] = {"dataset": {"path": str(corpus.resolve())}}
+    if base_model:
+        settings["model"] = {"base_model": str(base_model.resolve())}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        settings.setdefault(section, {})[field] = tomllib.loads(f"v = {value}")["v"]
     config = work / "influcoder.toml"
-    model = f'[model]\nbase_model = "{base_model.resolve()}"\n' if base_model else ""
-    config.write_text(f'home = "{work / "home"}"\n[dataset]\npath = "{corpus.resolve()}"\n{model}')
+    config.write_text(f'home = "{work / "home"}"\n' + "".join(
+        f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()) for s, fields in settings.items()))
     return config
 
 
@@ -171,18 +181,16 @@ def curve_point(cfg: Any, rankings: Any, pair_teacher: Any, n_train: int, querie
 
 def served_student_recovery(home: Path, queries: list[str], own: list[int], gradient_tops: list[list[int]]) -> float:
     """The pipeline's own student, searched exactly in its sketch basis (the learning curve's last point)."""
-    from sentence_transformers import SentenceTransformer
-
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.serving.index import current_encoder_folder
-    from influcoder_dagster.student.encoder import encode
+    from influcoder_dagster.student.encoder import encode, load_saved_student
     from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.teacher.store import open_store
 
     folder = current_encoder_folder(Paths(home).index)
     sketch, store = Sketch.load(folder / BASIS_FILE), open_store(Paths(home))
     ids, docs = zip(*((i, sketch.documents(np.asarray(b, dtype=np.float32))) for i, b in store.iter_blocks(4096)), strict=True)
-    model = SentenceTransformer(str(folder), device="cpu")
+    model = load_saved_student(folder)
     return exact_recovery(encode(model, queries, "query"), np.concatenate(ids), np.concatenate(docs), own, gradient_tops)
 
 
@@ -224,7 +232,7 @@ def corpus_row(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[dict
     from influcoder_dagster.teacher.pair_teacher import pair_teacher_for
 
     args.work.mkdir(parents=True, exist_ok=True)
-    config = write_config(args.work, selected_corpus(args), args.base_model)
+    config = write_config(args.work, selected_corpus(args), args.base_model, args.overrides)
     seconds, rss = run_stages(config, args.work)
     cfg = load_config(config)
     home, table = cfg.home_path, json.loads(Paths(cfg.home_path).encoder_eval.read_text())
@@ -244,7 +252,7 @@ def corpus_row(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[dict
     student = {**{k: table["student"][k] for k in AGREEMENT}, "recovery_at_10": path.pop("recovery_at_10"),
                "rerank_recovery_at_10": path.pop("rerank_recovery_at_10")}
     baselines = {name: {k: table[key][k] for k in AGREEMENT} for name, key in BASELINES.items()}
-    row = {"name": args.name, **measured, "teacher": teacher_name(cfg), "corpus_sha256": corpus_hash(data.corpus_texts),
+    row = {"name": args.name, **measured, "overrides": args.overrides, "teacher": teacher_name(cfg), "corpus_sha256": corpus_hash(data.corpus_texts),
            "n_real": len(data.corpus_texts), "n_synthetic": 0, "n_train": n_train, "n_heldout_queries": len(data.anchor_texts),
            "n_eval_pool": len(data.pool_texts), "n_served_queries": len(queries), "student": student, **baselines, **path,
            "encoder_train_s": full["train_s"], "encoder_train_s_per_10k": round(full["train_s"] / n_train * 10_000, 1),
@@ -270,6 +278,8 @@ def main() -> None:
     ap.add_argument("--short", action="store_true", help="with --first: each text cut to its first sentence, as planted.py does")
     ap.add_argument("--curve", type=int, nargs="*", default=[1000, 10000], help="training-set sizes below the full split")
     ap.add_argument("--queries", type=int, default=200, help="held-out anchors asked through the served paths")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
+                    help="a setting that is not the default (recorded in the row; name the row apart)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 

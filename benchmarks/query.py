@@ -93,15 +93,13 @@ def main() -> None:
     args = parser.parse_args()
     measured = provenance("benchmarks/query.py")
 
-    from sentence_transformers import SentenceTransformer
-
     from influcoder_dagster.core.config import IndexConfig
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.data.tokenized import read_corpus, read_manifest
     from influcoder_dagster.data.tokens import tokenize_for_loss
     from influcoder_dagster.serving.index import build_index, current_encoder_folder, save_index, search
     from influcoder_dagster.serving.query_encoder import QueryEncoder
-    from influcoder_dagster.student.encoder import encode
+    from influcoder_dagster.student.encoder import encode, load_saved_student
     from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.checkpoints import checkpoint_extractor, load_checkpoint_decoders
@@ -116,7 +114,7 @@ def main() -> None:
         sys.exit(f"{paths.home}: no index; run `influcoder demo` (or materialize every asset) first")
     index_encoder = current_encoder_folder(paths.index)
     real_store = open_store(paths)
-    encoder = SentenceTransformer(str(index_encoder), device="cpu")
+    encoder = load_saved_student(index_encoder)
     served_encoder = QueryEncoder(index_encoder)
     base = base_model_record(paths)
     decoders = load_checkpoint_decoders(base)  # every training state the teacher scores, with its adapters

@@ -25,6 +25,9 @@ finds; ``oracle`` is the query's own sketched gradient (the ceiling). Feature se
   the last checkpoint's final hidden states, ``sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over the loss
   positions (``W_out`` the output embedding, ``p_t`` the predicted distribution): the teacher's own
   kind of feature, but at the output, so it needs a forward pass and no backward pass;
+* ``output_gradient_student_sideK``: the output-gradient student's own rows (``student/output_gradient.py``:
+  the output gradient, each side cut to K fixed random directions when the decoder is wider, beside
+  the decoder-token bag);
 * ``minilm_layers+decoder_ngrams``, ``decoder_states+decoder_ngrams``,
   ``decoder_output_gradient+decoder_tokens``: both, each block scaled to unit norm.
 
@@ -53,6 +56,7 @@ from influcoder_dagster.student.ridge import fit_ridge  # noqa: E402
 
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 BUCKETS = 2**13
+SIDES = (128, 64, 32)  # directions kept per side of the output-gradient student's (d x d) feature
 
 
 def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queries: list[str]) -> tuple[Any, Any]:
@@ -208,9 +212,23 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
     out_grad = once("decoder_output_gradient", lambda: unit_scaled(output_gradient(last, last_tok, cfg.model.max_length, train_texts),
                                                                   output_gradient(last, last_tok, cfg.model.max_length, asked.queries)))
     unit_tokens = once("decoder_tokens_unit", lambda: unit_scaled(*tokens()))
+
+    def student_rows(side_max: int) -> Callable[[], tuple[Any, Any]]:
+        """The output-gradient student's own ridge rows (``student/output_gradient.py``), each side cut to ``side_max``."""
+        def make() -> tuple[Any, Any]:
+            from influcoder_dagster.student.output_gradient import OutputGradientQuery, design_rows, last_decoder
+
+            decoder, tok = last_decoder(base)
+            module = OutputGradientQuery(decoder, tok, cfg.model.max_length, cfg.encoder.sketch_dim, side_max, cfg.encoder.seed)
+            train_x, design = design_rows(module, train_texts)
+            return train_x, design_rows(module, asked.queries, design)[0]
+
+        return make
+
     return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "decoder_tokens": tokens,
             "wordpiece_ngrams": wordpiece, "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states),
-            "decoder_output_gradient": out_grad, "decoder_output_gradient+decoder_tokens": dense_pair(out_grad, unit_tokens)}
+            "decoder_output_gradient": out_grad, "decoder_output_gradient+decoder_tokens": dense_pair(out_grad, unit_tokens),
+            **{f"output_gradient_student_side{k}": student_rows(k) for k in SIDES}}
 
 
 def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, Any]:

@@ -125,11 +125,14 @@ class EncoderConfig(_Section):
     objective: Literal["gradient_sketch", "rankings"] = Field(
         "gradient_sketch", description="gradient_sketch: index documents are their gradient rows compressed to sketch_dim, "
         "the encoder learns to predict a text's sketch; rankings: a two-tower student distilled on the teacher's rankings")
-    query_features: Literal["decoder_tokens", "sentence_encoder"] = Field(
-        "decoder_tokens", description="gradient_sketch: what the query head reads. decoder_tokens: the decoder's own tokens, "
-        "idf-weighted and averaged (a sentence-transformers StaticEmbedding; no network at query time); sentence_encoder: the "
-        "sentence-transformers model at encoder.base. On two real corpora a ridge head recovered 0.22-0.25 of the gradient "
-        "path's top-10 from the decoder's tokens and 0.14-0.15 from MiniLM's embedding")
+    query_features: Literal["auto", "decoder_tokens", "decoder_output_gradient", "sentence_encoder"] = Field(
+        "auto", description="gradient_sketch: what the query head reads. decoder_tokens: the decoder's own tokens, "
+        "idf-weighted and averaged (a sentence-transformers StaticEmbedding: a query is a table lookup); "
+        "decoder_output_gradient: those tokens plus the gradient of the text's loss on a map at the last checkpoint's output, "
+        "from one decoder forward pass per query (no backward); sentence_encoder: the sentence-transformers model at "
+        "encoder.base. auto: decoder_output_gradient for the tiny decoder (its forward pass costs milliseconds), "
+        "decoder_tokens for a model.base_model folder (a pretrained decoder's forward pass would cost much of the gradient "
+        "path's time). See docs/results.md, 'What the query head should read'")
     sketch_dim: int = Field(1024, ge=1, description="gradient_sketch: top singular directions of the store kept per document. "
                             "On 20,000 real passages 1,024 kept 0.81 of the full rows' top-10 (256: 0.47) and the "
                             "re-rank at depth 100 0.998 (256: 0.88); the index holds 4 KB per sample flat, 1 KB with ivf_sq8")
@@ -149,8 +152,9 @@ class EncoderConfig(_Section):
 
     @property
     def reads_decoder_tokens(self) -> bool:
-        """Whether the student is the decoder-token bag (``query_features`` applies to ``gradient_sketch`` only)."""
-        return self.objective == "gradient_sketch" and self.query_features == "decoder_tokens"
+        """Whether the student reads the decoder's tokens (the token bag, alone or beside the output
+        gradient): a linear head that ridge fits exactly. ``query_features`` applies to ``gradient_sketch`` only."""
+        return self.objective == "gradient_sketch" and self.query_features != "sentence_encoder"
 
 
 class IndexConfig(_Section):
@@ -192,6 +196,15 @@ class Config(_Section):
     encoder: EncoderConfig = EncoderConfig()
     index: IndexConfig = IndexConfig()
     compute: ComputeConfig = ComputeConfig()
+
+    @model_validator(mode="after")
+    def _resolve_query_features(self) -> Config:
+        """``encoder.query_features = 'auto'`` becomes what it stands for with this ``model.base_model``,
+        so the encoder's settings, provenance and staleness name the features it actually reads."""
+        if self.encoder.query_features == "auto":
+            chosen = "decoder_output_gradient" if self.model.base_model == "tiny" else "decoder_tokens"
+            self.encoder = self.encoder.model_copy(update={"query_features": chosen})
+        return self
 
     @property
     def home_path(self) -> Path:

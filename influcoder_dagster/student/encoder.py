@@ -45,6 +45,15 @@ def load_encoder(cfg: EncoderConfig) -> SentenceTransformer:
     return model
 
 
+def load_saved_student(folder: Path) -> SentenceTransformer:
+    """A student this pipeline saved (an index's copy). ``trust_remote_code`` lets sentence-transformers
+    import a module class outside its own package: the output-gradient student's
+    (``influcoder_dagster.student.output_gradient``), never code from the folder itself."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=True)
+
+
 def _keep_layers(model: SentenceTransformer, n: int) -> None:
     import torch
 

@@ -49,7 +49,12 @@ def train_sketch_student(cfg: Config, start: Any, pair_teacher: PairTeacher, dat
     train_ids, train_texts = train
     sketch = fit_training_sketch(cfg, store, np.asarray(train_ids, dtype=np.int64), pair_teacher.damping)
     doc_ids, doc_vectors, targets = _sketch_pass(store, sketch, np.asarray(train_ids, dtype=np.int64), pair_teacher, cfg.rankings.block_rows)
-    if e.reads_decoder_tokens:
+    if e.query_features == "decoder_output_gradient":
+        from influcoder_dagster.student.output_gradient import output_gradient_student
+
+        base = base_model_record(Paths(cfg.home_path))
+        model, fit = output_gradient_student(base, cfg.model.max_length, train_texts, targets, e.seed, progress)
+    elif e.reads_decoder_tokens:
         tokenizer = decoder_tokenizer(base_model_record(Paths(cfg.home_path))["path"], cfg.model.max_length)
         model, fit = token_bag_student(tokenizer, train_texts, targets, e.seed)
     else:

@@ -39,7 +39,7 @@ def _student(tmp_path, held_rows: np.ndarray, held_texts: list[str], features: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("features", ["decoder_tokens", "sentence_encoder"])
+@pytest.mark.parametrize("features", ["decoder_tokens", "decoder_output_gradient", "sentence_encoder"])
 def test_held_out_rows_and_texts_change_neither_the_head_nor_the_fine_tuning(tmp_path, local_lm, features):
     from influcoder_dagster.student.encoder import encode
 

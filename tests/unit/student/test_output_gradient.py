@@ -1,0 +1,72 @@
+"""The output-gradient student: its forward-only feature is the loss's gradient on a map at the
+decoder's output, and it serves the ridge map it was fitted as, saved and reloaded."""
+
+import numpy as np
+import pytest
+import torch
+
+from influcoder_dagster.student.output_gradient import OutputGradientQuery, output_gradient_student
+
+TEXTS = [f"sample number {i} talks about topic {i % 7} and ends here." for i in range(40)]
+QUERIES = ["sample number 3 talks about topic 5.", "topic 2 and ends here, sample number 11 says"]
+
+
+def _autograd_gradient(model, tokenizer, text: str) -> torch.Tensor:
+    """d(mean next-token loss)/dM for logits = W_out (h + M h), at M = 0: the feature by backpropagation."""
+    from influcoder_dagster.data.tokens import tokenize_for_loss
+
+    ids = torch.tensor([tokenize_for_loss(tokenizer, [text], 64)[0].input_ids])
+    h = model.transformer(input_ids=ids).last_hidden_state
+    m = torch.zeros(h.shape[-1], h.shape[-1], requires_grad=True)
+    logits = model.lm_head(h + h @ m.T)
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    loss.backward()
+    return m.grad
+
+
+@pytest.mark.parametrize("side_max", [128, 16])  # the decoder is 32 wide: every direction kept, or each side cut to 16
+def test_the_feature_is_the_gradient_of_a_map_on_the_output_from_one_forward_pass(tiny_lm, side_max):
+    model, tokenizer = tiny_lm
+    module = OutputGradientQuery(model, tokenizer, max_length=64, embedding_dim=4, side_max=side_max)
+    texts = ["sample number 12 talks about topic 3 and ends here.", "topic 4"]  # unequal lengths: padding is left out
+    got = module.features(module.preprocess(texts))[0]
+    for row, text in zip(got, texts, strict=True):
+        want = _autograd_gradient(model, tokenizer, text)
+        if side_max < 32:
+            want = module.error_basis @ want @ module.state_basis.T
+        torch.testing.assert_close(row, want.flatten(), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_student_serves_its_ridge_map_and_round_trips(local_lm, tmp_path):
+    from influcoder_dagster.serving.query_encoder import QueryEncoder, exportable
+    from influcoder_dagster.student.encoder import encode, load_saved_student
+    from influcoder_dagster.student.metrics import mean_cosine
+
+    targets = np.random.default_rng(0).standard_normal((len(TEXTS), 6)).astype(np.float32)
+    model, fit = output_gradient_student({"path": str(local_lm)}, 64, TEXTS, targets)
+    # The served model is the fitted map: its training cosine is the ridge predictions' own.
+    assert mean_cosine(encode(model, TEXTS, "query"), targets) == pytest.approx(fit["train_cosine"], abs=1e-4)
+    assert fit["gradient_features"] == 32 * 32 and fit["token_features"] > 5
+    model.save(str(tmp_path / "student"))
+    reloaded = load_saved_student(tmp_path / "student")
+    np.testing.assert_allclose(encode(reloaded, QUERIES, "query"), encode(model, QUERIES, "query"), atol=1e-6)
+    served = QueryEncoder(tmp_path / "student")
+    assert not exportable(reloaded) and served.backend == "torch"
+    np.testing.assert_allclose(served.encode(QUERIES), encode(model, QUERIES, "query"), atol=1e-6)
+
+
+def test_a_module_with_cut_sides_reloads_its_directions(tiny_lm, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder_dagster.student.encoder import encode, load_saved_student
+
+    model, tokenizer = tiny_lm
+    module = OutputGradientQuery(model, tokenizer, max_length=64, embedding_dim=4, side_max=8, seed=3)
+    torch.nn.init.normal_(module.gradient_head.weight)
+    student = SentenceTransformer(modules=[module], device="cpu")
+    student.save(str(tmp_path / "cut"))
+    reloaded = load_saved_student(tmp_path / "cut")
+    torch.testing.assert_close(reloaded[0].error_basis, module.error_basis)
+    assert reloaded[0].side_max == 8 and reloaded[0].gradient_head.in_features == 64
+    np.testing.assert_allclose(encode(reloaded, QUERIES, "query"), encode(student, QUERIES, "query"), atol=1e-6)
