@@ -74,9 +74,8 @@ def test_the_teacher_retrieves_the_planted_samples(pipeline_home):
 
 
 def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pipeline_home):
-    from sentence_transformers import SentenceTransformer
-
     from influcoder_dagster.student import tracking
+    from influcoder_dagster.student.encoder import load_saved_student
 
     home, _, meta = pipeline_home
     version = meta["influcoder_encoder"]["version"]
@@ -103,11 +102,12 @@ def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pip
     again = evaluate(SketchScorer(logged, sketch, docs), data)
     for metric, value in evaluation["student"].items():
         assert abs(again[metric] - value) < 1e-6, metric
-    index_encoder = SentenceTransformer(str(current_encoder_folder(Paths(home).index)), device="cpu")
-    assert type(logged[0]).__name__ == "StaticEmbedding"  # the default student: a bag of the decoder's tokens
+    index_encoder = load_saved_student(current_encoder_folder(Paths(home).index))
+    # the tiny decoder's default student ('auto'): its output gradient beside its token bag, served in torch
+    assert type(logged[0]).__name__ == "OutputGradientQuery"
     if meta["embedding_index"]["encoder_version"].startswith(f"v{version}-"):
         np.testing.assert_allclose(index_encoder.encode(texts, normalize_embeddings=True), a, atol=1e-5)
-        assert meta["embedding_index"]["query_backend"] == "torch"  # a table lookup: nothing exported to ONNX
+        assert meta["embedding_index"]["query_backend"] == "torch"  # a decoder forward pass: nothing exported to ONNX
     # the logged model is the trained one, not the starting point
     from influcoder_dagster.core.config import EncoderConfig
     from influcoder_dagster.student.encoder import load_encoder
