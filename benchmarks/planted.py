@@ -152,9 +152,11 @@ def baseline_recall(texts: list[str], planted: list[dict[str, str]]) -> dict[str
 
 
 def provenance(script: str) -> dict[str, Any]:
-    """The commit a run measured, whether tracked files differed from it, and the command."""
+    """The commit a run measured, whether tracked files other than ``benchmarks/results/`` (which
+    an earlier row of the same session may have written) differed from it, and the command."""
     git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout  # noqa: E731
-    return {"commit": git("rev-parse", "HEAD").strip(), "working_tree_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    return {"commit": git("rev-parse", "HEAD").strip(), "working_tree_dirty": bool(dirty),
             "command": " ".join([script, *sys.argv[1:]])}
 
 
