@@ -31,6 +31,7 @@ import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
 from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
+from influcoder_dagster.student.ridge import SideBySide, fit_ridge
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -146,13 +147,14 @@ def batch_features(module: OutputGradientQuery, texts: list[str], batch: int = 6
     import scipy.sparse as sp
     from tqdm.auto import tqdm
 
-    gradients, bags = [], []
+    gradients = np.empty((len(texts), module.gradient_head.in_features), dtype=np.float32)  # filled in place: no second copy
+    bags = []
     for start in tqdm(range(0, len(texts), batch), desc="output gradients", unit="batch", disable=not progress):
         gradient, flat, offsets, weights = module.features(module.preprocess(texts[start:start + batch]))
-        gradients.append(gradient.numpy())
+        gradients[start:start + len(gradient)] = gradient.numpy()
         rows = np.repeat(np.arange(len(offsets)), np.diff(np.append(offsets.numpy(), len(flat))))
         bags.append(sp.csr_matrix((weights.numpy(), (rows, flat.numpy())), shape=(len(offsets), len(module.tokenizer))))
-    return np.concatenate(gradients), sp.vstack(bags).tocsr()
+    return gradients, sp.vstack(bags).tocsr()
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,9 @@ class Design:
 
 
 def design_rows(module: OutputGradientQuery, texts: list[str], design: Design | None = None, progress: bool = False
-                ) -> tuple[np.ndarray, Design]:
-    """``texts`` as ridge rows, ``[output gradient / its scale, idf-weighted token bag / its scale]``;
-    without ``design``, the design is fitted on these texts."""
+                ) -> tuple[SideBySide, Design]:
+    """``texts`` as ridge rows, ``[output gradient / its scale, idf-weighted token bag / its scale]``
+    (the token block kept sparse); without ``design``, the design is fitted on these texts."""
     from influcoder_dagster.student.token_bag import MAX_FEATURES, document_frequency, smooth_idf
 
     gradients, bags = batch_features(module, texts, progress=progress)
@@ -178,11 +180,17 @@ def design_rows(module: OutputGradientQuery, texts: list[str], design: Design | 
         seen = np.flatnonzero(df)
         kept = np.sort(seen[np.argsort(-df[seen], kind="stable")[:MAX_FEATURES]])
         idf = smooth_idf(df, len(texts))
-        tokens = bags[:, kept].multiply(idf[kept]).toarray().astype(np.float32)
+        tokens = weighted_tokens(bags, kept, idf)
         design = Design(kept, idf, rms_norm(gradients), rms_norm(tokens))
     else:
-        tokens = bags[:, design.kept].multiply(design.idf[design.kept]).toarray().astype(np.float32)
-    return np.hstack([gradients / design.gradient_scale, tokens / design.token_scale]), design
+        tokens = weighted_tokens(bags, design.kept, design.idf)
+    gradients /= design.gradient_scale
+    return SideBySide(gradients, (tokens / design.token_scale).astype(np.float32)), design
+
+
+def weighted_tokens(bags: Any, kept: np.ndarray, idf: np.ndarray) -> Any:
+    """The kept columns of the token bags, idf-weighted: sparse float32 rows."""
+    return bags[:, kept].multiply(idf[kept]).tocsr().astype(np.float32)
 
 
 def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[str], targets: np.ndarray, seed: int = 0,
@@ -194,7 +202,6 @@ def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[s
 
     from influcoder_dagster.core.errors import MissingUpstreamError
     from influcoder_dagster.student.metrics import mean_cosine
-    from influcoder_dagster.student.ridge import fit_ridge
     from influcoder_dagster.student.token_bag import ALPHAS
 
     if not texts:
@@ -224,6 +231,8 @@ def last_decoder(base: dict[str, Any]) -> tuple[Any, Any]:
     return (decoder.merge_and_unload() if last.adapter else decoder).eval(), tokenizer
 
 
-def rms_norm(x: np.ndarray) -> float:
-    """The rows' root-mean-square norm (1 for an all-zero block), so two blocks weigh alike in one ridge."""
-    return float(np.sqrt(np.mean(np.einsum("ij,ij->i", x, x)))) or 1.0
+def rms_norm(x: Any) -> float:
+    """The rows' root-mean-square norm (1 for an all-zero block), so two blocks weigh alike in one
+    ridge; ``x`` dense or scipy-sparse."""
+    squares = x.multiply(x).sum(axis=1) if hasattr(x, "toarray") else np.einsum("ij,ij->i", x, x)
+    return float(np.sqrt(np.mean(squares))) or 1.0

@@ -10,7 +10,9 @@ copied whole into float64. The dense algebra runs through torch (MKL): NumPy's a
 OpenBLAS (0.3.31) segfaulted here on the Gram matrix and the Cholesky solve of 18,432 features
 (two cores), which the output-gradient student reaches. Alpha is the one whose predictions have the highest mean cosine with the
 held-back rows' targets, which is what the served, normalized student is scored on; the map is
-then refitted on all rows. With that alpha the result is scikit-learn's ``Ridge``.
+then refitted on all rows. With that alpha the result is scikit-learn's ``Ridge``. Rows may be
+dense, scipy-sparse, or :class:`SideBySide` (a dense block beside a sparse one, joined a block
+of rows at a time, so the whole dense matrix never exists).
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ import numpy as np
 from influcoder_dagster.student.metrics import mean_cosine
 
 HELD_BACK = 0.1  # share of the training rows that chooses alpha
+ROW_BLOCK = 4096  # rows per block of the sums and the products
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Rows ``[dense, sparse]``: a dense block (float32) beside a scipy-sparse one, made dense only
+    for the rows asked for. At 80,000 texts the output-gradient student's rows would be 3.9 GB dense;
+    this way they cost their dense block (1.3 GB) and the sparse token weights."""
+
+    dense: np.ndarray
+    sparse: Any
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.dense.shape[0], self.dense.shape[1] + self.sparse.shape[1]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        return np.hstack([self.dense[rows], self.sparse[rows].toarray()])
 
 
 @dataclass(frozen=True)
@@ -39,7 +59,7 @@ class RidgeMap:
 
 
 def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int = 0) -> RidgeMap:
-    """Ridge from ``x`` (dense or scipy-sparse rows) to ``targets``, intercept unpenalized, alpha
+    """Ridge from ``x`` (dense, scipy-sparse or :class:`SideBySide` rows) to ``targets``, intercept unpenalized, alpha
     among ``alphas`` chosen on a random tenth of the rows (seeded) held back from a first fit."""
     n = x.shape[0]
     if n < 2:
@@ -51,7 +71,7 @@ def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int 
     scores = {}
     for alpha in alphas:
         coef, intercept = _solve(sums, alpha)
-        scores[float(alpha)] = mean_cosine(_matmul(x[held_rows], coef) + intercept, targets[held_rows])
+        scores[float(alpha)] = mean_cosine(_matmul(x, coef, held_rows) + intercept, targets[held_rows])
     alpha = max(scores, key=scores.get)
     coef, intercept = _solve(_sums(x, targets, held_rows, into=sums), alpha)  # all rows' sums, in place
     return RidgeMap(coef.astype(np.float32), intercept.astype(np.float32), alpha, scores)
@@ -68,7 +88,7 @@ class _Sums(NamedTuple):
     n: int
 
 
-def _sums(x: Any, y: np.ndarray, rows: np.ndarray, into: _Sums | None = None, block: int = 4096) -> _Sums:
+def _sums(x: Any, y: np.ndarray, rows: np.ndarray, into: _Sums | None = None, block: int = ROW_BLOCK) -> _Sums:
     """The sums over ``rows`` (added in place to ``into``'s), a block of rows at a time in float64
     (a sparse ``x`` never densified), so no float64 copy of ``x`` is ever whole."""
     import torch
@@ -106,10 +126,15 @@ def _solve(sums: _Sums, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return coef, y_mean - x_mean @ coef
 
 
-def _matmul(x: Any, coef: np.ndarray) -> np.ndarray:
-    """``x @ coef`` for sparse or dense ``x``; dense through torch (see the module docstring)."""
+def _matmul(x: Any, coef: np.ndarray, rows: np.ndarray | None = None, block: int = ROW_BLOCK) -> np.ndarray:
+    """``x[rows] @ coef`` (every row by default), a block of rows at a time; dense blocks through
+    torch (see the module docstring)."""
     import torch
 
-    if hasattr(x, "toarray"):
-        return np.asarray(x @ coef)
-    return (torch.from_numpy(np.asarray(x, dtype=coef.dtype)) @ torch.from_numpy(coef)).numpy()
+    rows = np.arange(x.shape[0]) if rows is None else rows
+    out = np.empty((len(rows), coef.shape[1]), dtype=coef.dtype)
+    for start in range(0, len(rows), block):
+        xb = x[rows[start:start + block]]
+        product = xb @ coef if hasattr(xb, "toarray") else torch.from_numpy(np.asarray(xb, dtype=coef.dtype)) @ torch.from_numpy(coef)
+        out[start:start + block] = np.asarray(product)
+    return out

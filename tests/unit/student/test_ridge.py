@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import Ridge
 
-from influcoder_dagster.student.ridge import fit_ridge
+from influcoder_dagster.student.ridge import SideBySide, fit_ridge
 
 
 def _data(rng, n=200, p=30, t=8, noise=0.5):
@@ -13,14 +13,28 @@ def _data(rng, n=200, p=30, t=8, noise=0.5):
     return x, x @ rng.standard_normal((p, t)) + 3.0 + noise * rng.standard_normal((n, t))
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_the_map_equals_sklearn_ridge_with_an_unpenalized_intercept(sparse):
+ROWS = {"dense": lambda x: x, "sparse": sp.csr_matrix, "side_by_side": lambda x: SideBySide(x[:, :12], sp.csr_matrix(x[:, 12:]))}
+
+
+@pytest.mark.parametrize("rows", sorted(ROWS))
+def test_the_map_equals_sklearn_ridge_with_an_unpenalized_intercept(rows):
     x, y = _data(np.random.default_rng(0))
-    fitted = fit_ridge(sp.csr_matrix(x) if sparse else x, y, (0.1, 1.0, 10.0))
+    fitted = fit_ridge(ROWS[rows](x), y, (0.1, 1.0, 10.0))
     reference = Ridge(alpha=fitted.alpha).fit(x, y)
     np.testing.assert_allclose(fitted.coef, reference.coef_.T, atol=1e-5)
     np.testing.assert_allclose(fitted.intercept, reference.intercept_, atol=1e-5)
-    np.testing.assert_allclose(fitted.predict(x[:5]), reference.predict(x[:5]), atol=1e-4)
+    np.testing.assert_allclose(fitted.predict(ROWS[rows](x[:5])), reference.predict(x[:5]), atol=1e-4)
+
+
+def test_products_run_a_block_of_rows_at_a_time_with_the_same_result():
+    from influcoder_dagster.student.ridge import _matmul
+
+    x, y = _data(np.random.default_rng(2), n=50)
+    coef = np.random.default_rng(3).standard_normal((x.shape[1], 4))
+    rows = np.array([7, 3, 41, 0, 19])
+    for make in ROWS.values():
+        np.testing.assert_allclose(_matmul(make(x), coef, block=7), x @ coef, atol=1e-9)
+        np.testing.assert_allclose(_matmul(make(x), coef, rows, block=2), x[rows] @ coef, atol=1e-9)
 
 
 def test_alpha_is_chosen_by_the_held_back_rows_not_the_fit():
