@@ -119,38 +119,21 @@ def decoder_states(decoders: list[Any], max_length: int, texts: list[str], batch
     return np.concatenate(out)
 
 
-def output_gradient(model: Any, tok: Any, max_length: int, texts: list[str], batch: int = 64) -> np.ndarray:
+def output_gradient(model: Any, tok: Any, max_length: int, texts: list[str]) -> np.ndarray:
     """Per text, ``sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over its loss positions, divided by their
-    count and flattened (d * d): what a backward pass into a linear map on the final hidden states
-    would give, computed from one forward pass."""
-    import torch
+    count and flattened (d * d), from one forward pass: the student's own feature
+    (``student/output_gradient.py``) with every direction of both sides kept."""
+    from influcoder_dagster.student.output_gradient import OutputGradientQuery, batch_features
 
-    from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
-
-    enc = tokenize_for_loss(tok, texts, max_length)
-    w_out = model.get_output_embeddings().weight
-    out = []
-    for s in range(0, len(enc), batch):
-        b = enc[s:s + batch]
-        ids, mask = pad_batch([e.input_ids for e in b], tok.pad_token_id)
-        with torch.no_grad():
-            o = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            err = o.logits[:, :-1].float().softmax(-1)
-            err.scatter_add_(2, ids[:, 1:, None], -torch.ones_like(ids[:, 1:, None], dtype=err.dtype))
-            starts = torch.tensor([max(e.loss_start - 1, 0) for e in b])
-            m = mask[:, 1:].float() * (torch.arange(ids.shape[1] - 1)[None, :] >= starts[:, None])
-            back = (err @ w_out) * m[..., None]
-            phi = torch.einsum("btd,bte->bde", back, o.hidden_states[-1][:, :-1]) / m.sum(1).clamp_min(1)[:, None, None]
-        out.append(phi.flatten(1).numpy())
-    return np.concatenate(out)
+    width = model.get_output_embeddings().weight.shape[1]
+    return batch_features(OutputGradientQuery(model, tok, max_length, 1, side_max=width), texts)[0]
 
 
 def unit_scaled(train: Any, queries: Any) -> tuple[Any, Any]:
     """Both divided by the training rows' root-mean-square norm (dense or sparse), so blocks weigh alike."""
-    import scipy.sparse as sp
+    from influcoder_dagster.student.output_gradient import rms_norm
 
-    sq = train.multiply(train).sum(1) if sp.issparse(train) else (train ** 2).sum(1)
-    scale = float(np.sqrt(np.asarray(sq).mean()))
+    scale = rms_norm(train)
     return train / scale, queries / scale
 
 

@@ -172,25 +172,17 @@ def design_rows(module: OutputGradientQuery, texts: list[str], design: Design | 
                 ) -> tuple[SideBySide, Design]:
     """``texts`` as ridge rows, ``[output gradient / its scale, idf-weighted token bag / its scale]``
     (the token block kept sparse); without ``design``, the design is fitted on these texts."""
-    from influcoder_dagster.student.token_bag import MAX_FEATURES, document_frequency, smooth_idf
+    from influcoder_dagster.student.token_bag import idf_weighted, kept_tokens
 
     gradients, bags = batch_features(module, texts, progress=progress)
     if design is None:
-        df = document_frequency(bags)
-        seen = np.flatnonzero(df)
-        kept = np.sort(seen[np.argsort(-df[seen], kind="stable")[:MAX_FEATURES]])
-        idf = smooth_idf(df, len(texts))
-        tokens = weighted_tokens(bags, kept, idf)
+        kept, idf = kept_tokens(bags)
+        tokens = idf_weighted(bags, kept, idf)
         design = Design(kept, idf, rms_norm(gradients), rms_norm(tokens))
     else:
-        tokens = weighted_tokens(bags, design.kept, design.idf)
+        tokens = idf_weighted(bags, design.kept, design.idf)
     gradients /= design.gradient_scale
     return SideBySide(gradients, (tokens / design.token_scale).astype(np.float32)), design
-
-
-def weighted_tokens(bags: Any, kept: np.ndarray, idf: np.ndarray) -> Any:
-    """The kept columns of the token bags, idf-weighted: sparse float32 rows."""
-    return bags[:, kept].multiply(idf[kept]).tocsr().astype(np.float32)
 
 
 def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[str], targets: np.ndarray, seed: int = 0,

@@ -57,11 +57,8 @@ def token_bag_student(tokenizer: Any, texts: list[str], targets: np.ndarray, see
         raise MissingUpstreamError("no training samples to fit the token-bag student on", "influence_rankings")
     bag = StaticEmbedding(tokenizer, embedding_dim=targets.shape[1])
     counts = mean_counts(bag, texts)
-    df = document_frequency(counts)
-    seen = np.flatnonzero(df)
-    kept = np.sort(seen[np.argsort(-df[seen], kind="stable")[:MAX_FEATURES]])
-    idf = smooth_idf(df, len(texts))
-    x = counts[:, kept].multiply(idf[kept]).tocsr()
+    kept, idf = kept_tokens(counts)
+    x = idf_weighted(counts, kept, idf)
     ridge = fit_ridge(x, targets, tuple(a * len(texts) / 1000 for a in ALPHAS), seed)
     table = np.tile(ridge.intercept, (bag.num_embeddings, 1))
     table[kept] += idf[kept, None] * ridge.coef
@@ -82,6 +79,19 @@ def mean_counts(bag: Any, texts: list[str]) -> Any:
     rows = np.repeat(np.arange(len(texts)), lengths)
     weights = (1 / np.maximum(lengths, 1))[rows].astype(np.float32)
     return sp.csr_matrix((weights, (rows, ids)), shape=(len(texts), bag.num_embeddings))
+
+
+def kept_tokens(counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The ``MAX_FEATURES`` tokens found in the most texts of ``counts`` (ascending ids), and every
+    token's smoothed idf over those texts."""
+    df = document_frequency(counts)
+    seen = np.flatnonzero(df)
+    return np.sort(seen[np.argsort(-df[seen], kind="stable")[:MAX_FEATURES]]), smooth_idf(df, counts.shape[0])
+
+
+def idf_weighted(counts: Any, kept: np.ndarray, idf: np.ndarray) -> Any:
+    """The ``kept`` columns of ``counts``, each times its idf: sparse float32 rows."""
+    return counts[:, kept].multiply(idf[kept]).tocsr().astype(np.float32, copy=False)
 
 
 def document_frequency(counts: Any) -> np.ndarray:
