@@ -25,9 +25,10 @@ finds; ``oracle`` is the query's own sketched gradient (the ceiling). Feature se
   the last checkpoint's final hidden states, ``sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over the loss
   positions (``W_out`` the output embedding, ``p_t`` the predicted distribution): the teacher's own
   kind of feature, but at the output, so it needs a forward pass and no backward pass;
-* ``output_gradient_student_sideK``: the output-gradient student's own rows (``student/output_gradient.py``:
-  the output gradient, each side cut to K fixed random directions when the decoder is wider, beside
-  the decoder-token bag);
+* ``output_gradient_student_sideK``: the output-gradient student's rows (``student/output_gradient.py``:
+  the last checkpoint's output gradient, each side cut to K fixed random directions when the decoder
+  is wider, beside the decoder-token bag); ``output_gradient_student_all_checkpoints_sideK``: the
+  output gradient at every checkpoint the teacher scores (the student's own rows since it reads them);
 * ``minilm_layers+decoder_ngrams``, ``decoder_states+decoder_ngrams``,
   ``decoder_output_gradient+decoder_tokens``: both, each block scaled to unit norm.
 
@@ -56,7 +57,10 @@ from influcoder_dagster.student.ridge import fit_ridge  # noqa: E402
 
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 BUCKETS = 2**13
-SIDES = (128, 64, 32)  # directions kept per side of the output-gradient student's (d x d) feature
+# The output-gradient student's variants: (directions kept per side of each (d x d) feature, whether
+# every checkpoint the teacher scores gives one or only the last)
+STUDENTS = {"side128": (128, False), "side64": (64, False), "side32": (32, False),
+            "all_checkpoints_side64": (64, True), "all_checkpoints_side48": (48, True)}
 
 
 def ngram_features(tokenize: Callable[[str], list[int]], train: list[str], queries: list[str]) -> tuple[Any, Any]:
@@ -126,7 +130,7 @@ def output_gradient(model: Any, tok: Any, max_length: int, texts: list[str]) -> 
     from influcoder_dagster.student.output_gradient import OutputGradientQuery, batch_features
 
     width = model.get_output_embeddings().weight.shape[1]
-    return batch_features(OutputGradientQuery(model, tok, max_length, 1, side_max=width), texts)[0]
+    return batch_features(OutputGradientQuery([model], tok, max_length, 1, side_max=width), texts)[0]
 
 
 def unit_scaled(train: Any, queries: Any) -> tuple[Any, Any]:
@@ -196,13 +200,15 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
                                                                   output_gradient(last, last_tok, cfg.model.max_length, asked.queries)))
     unit_tokens = once("decoder_tokens_unit", lambda: unit_scaled(*tokens()))
 
-    def student_rows(side_max: int) -> Callable[[], tuple[Any, Any]]:
-        """The output-gradient student's own ridge rows (``student/output_gradient.py``), each side cut to ``side_max``."""
+    def student_rows(side_max: int, every_checkpoint: bool) -> Callable[[], tuple[Any, Any]]:
+        """The output-gradient student's own ridge rows (``student/output_gradient.py``), each side cut
+        to ``side_max``, at every checkpoint or the last one only."""
         def make() -> tuple[Any, Any]:
-            from influcoder_dagster.student.output_gradient import OutputGradientQuery, design_rows, last_decoder
+            from influcoder_dagster.student.output_gradient import OutputGradientQuery, checkpoint_decoders, design_rows
 
-            decoder, tok = last_decoder(base)
-            module = OutputGradientQuery(decoder, tok, cfg.model.max_length, cfg.encoder.sketch_dim, side_max, cfg.encoder.seed)
+            decoders, tok = checkpoint_decoders(base)
+            module = OutputGradientQuery(decoders if every_checkpoint else decoders[-1:], tok, cfg.model.max_length, cfg.encoder.sketch_dim, side_max,
+                                         cfg.encoder.seed)
             train_x, design = design_rows(module, train_texts)
             return train_x, design_rows(module, asked.queries, design)[0]
 
@@ -211,7 +217,7 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
     return {"minilm_output": output, "minilm_layers": layers, "decoder_ngrams": decoder_grams, "decoder_tokens": tokens,
             "wordpiece_ngrams": wordpiece, "decoder_states": states, "minilm_layers+decoder_ngrams": combined(layers), "decoder_states+decoder_ngrams": combined(states),
             "decoder_output_gradient": out_grad, "decoder_output_gradient+decoder_tokens": dense_pair(out_grad, unit_tokens),
-            **{f"output_gradient_student_side{k}": student_rows(k) for k in SIDES}}
+            **{f"output_gradient_student_{name}": student_rows(*v) for name, v in STUDENTS.items()}}
 
 
 def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, Any]:

@@ -128,9 +128,10 @@ class EncoderConfig(_Section):
     query_features: Literal["auto", "decoder_tokens", "decoder_output_gradient", "sentence_encoder"] = Field(
         "auto", description="gradient_sketch: what the query head reads. decoder_tokens: the decoder's own tokens, "
         "idf-weighted and averaged (a sentence-transformers StaticEmbedding: a query is a table lookup); "
-        "decoder_output_gradient: those tokens plus the gradient of the text's loss on a map at the last checkpoint's output, "
-        "from one decoder forward pass per query (no backward); sentence_encoder: the sentence-transformers model at "
-        "encoder.base. auto: decoder_output_gradient for the tiny decoder (its forward pass costs milliseconds), "
+        "decoder_output_gradient: those tokens plus the gradient of the text's loss on a map at the decoder's output, at "
+        "every checkpoint the teacher scores, from one decoder forward pass per checkpoint per query (no backward); "
+        "sentence_encoder: the sentence-transformers model at encoder.base. auto: decoder_output_gradient for the tiny "
+        "decoder (its forward passes cost milliseconds), "
         "decoder_tokens for a model.base_model folder (a pretrained decoder's forward pass would cost much of the gradient "
         "path's time). See docs/results.md, 'What the query head should read'")
     sketch_dim: int = Field(1024, ge=1, description="gradient_sketch: top singular directions of the store kept per document. "

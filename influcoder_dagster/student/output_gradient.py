@@ -1,4 +1,4 @@
-"""A forward-only query encoder: the decoder's output gradient beside its token bag.
+"""A forward-only query encoder: the decoder's output gradient at every checkpoint beside its token bag.
 
 A text's output gradient is ``(1/|T|) sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over its loss
 positions ``T``: the gradient of its loss with respect to a (d x d) linear map on the decoder's
@@ -7,13 +7,16 @@ final hidden states ``h_t`` (``W_out`` the output embedding, ``p_t`` the predict
 back-propagated error and an input, taken at the output where one forward pass gives both: no
 backward pass. Each side is cut to ``SIDE_MAX`` fixed directions when the decoder is wider.
 
-The predicted sketch is ``A phi + bag + b``: a linear map of the output gradient plus the
-decoder-token bag of ``token_bag.py`` (idf-weighted tokens averaged over the text), one ridge
-regression over both blocks, each scaled to unit mean norm first. Served, on two real corpora of
-5,000 texts, it recovered 0.405 and 0.309 of the gradient path's whole-store top-10 against 0.259
-and 0.242 for the token bag alone (``benchmarks/fidelity.py``). It costs a decoder forward pass
-per query, which is cheap for the tiny decoder and about a third of the gradient path for a
-135M-parameter one.
+The teacher's row holds one block per checkpoint it scores (``teacher/checkpoints.py``), and an
+early state's gradient differs from the final one's, so the feature is taken at each of those
+checkpoints: one forward pass each. The predicted sketch is ``A phi + bag + b``: a linear map of
+the output gradients plus the decoder-token bag of ``token_bag.py`` (idf-weighted tokens averaged
+over the text), one ridge regression over every block, each scaled to unit mean norm first. On
+short real texts (``benchmarks/student_features.py``) the three checkpoints' output gradients (48
+directions a side) recovered 0.441 of the gradient path's whole-store top-10 against 0.407 for the
+final state's alone (64 a side) and 0.256 for the token bag. It costs a decoder forward pass per
+checkpoint per query, which is cheap for the tiny decoder and a large part of the gradient path
+for a 135M-parameter one.
 
 The module is a sentence-transformers ``InputModule`` so the student stays a stock
 ``SentenceTransformer`` (saved, logged to MLflow, served); it saves the decoder beside its head.
@@ -36,9 +39,9 @@ from influcoder_dagster.student.ridge import SideBySide, fit_ridge
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-SIDE_MAX = 64  # directions kept per side of the (d x d) output gradient: 4,096 features
+SIDE_MAX = 48  # directions kept per side of each (d x d) output gradient: 2,304 features per checkpoint
 HEAD_FILE = "head.safetensors"
-DECODER_DIR = "decoder"
+DECODER_DIR = "decoder-{}"  # one folder per checkpoint, oldest first
 
 
 def side_basis(d: int, side_max: int, seed: int) -> torch.Tensor | None:
@@ -50,23 +53,24 @@ def side_basis(d: int, side_max: int, seed: int) -> torch.Tensor | None:
 
 
 class OutputGradientQuery(InputModule):
-    """Decoder forward pass -> output gradient (and token bag) -> linear head: the predicted sketch."""
+    """Decoder forward passes (one per checkpoint) -> output gradients (and token bag) -> linear head:
+    the predicted sketch. ``decoders`` share one tokenizer and width (a decoder's training states)."""
 
     config_keys = ["max_length", "embedding_dim", "side_max"]
     save_in_root = False
-    onnx_export = False  # the decoder's forward pass runs through torch at query time
+    onnx_export = False  # the decoders' forward passes run through torch at query time
 
-    def __init__(self, decoder: Any, tokenizer: Any, max_length: int, embedding_dim: int, side_max: int = SIDE_MAX,
+    def __init__(self, decoders: Sequence[Any], tokenizer: Any, max_length: int, embedding_dim: int, side_max: int = SIDE_MAX,
                  seed: int = 0) -> None:
         super().__init__()
-        self.decoder, self.tokenizer = decoder.eval(), tokenizer
+        self.decoders, self.tokenizer = torch.nn.ModuleList(d.eval() for d in decoders), tokenizer
         self.max_length, self.embedding_dim, self.side_max = max_length, embedding_dim, side_max
-        d = decoder.get_output_embeddings().weight.shape[1]
+        d = decoders[0].get_output_embeddings().weight.shape[1]
         for name in ("error_basis", "state_basis"):
             basis = side_basis(d, side_max, seed + (name == "state_basis"))
             self.register_buffer(name, basis if basis is not None else torch.zeros(0, d))
-        side = min(d, side_max)
-        self.gradient_head = torch.nn.Linear(side * side, embedding_dim, bias=False)
+        self.block = min(d, side_max) ** 2  # features per checkpoint
+        self.gradient_head = torch.nn.Linear(len(decoders) * self.block, embedding_dim, bias=False)
         self.token_table = torch.nn.EmbeddingBag(len(tokenizer), embedding_dim, mode="sum")
 
     def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -75,19 +79,20 @@ class OutputGradientQuery(InputModule):
         return {"input_ids": ids, "attention_mask": mask, "loss_start": torch.tensor([e.loss_start for e in encoded])}
 
     def features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch's output gradients (B, side * side), and its token bag as ``EmbeddingBag`` input:
-        flat token ids, offsets and per-token weights (1 / the text's token count)."""
+        """The batch's output gradients (B, checkpoints * side * side; each checkpoint's block in
+        turn), and its token bag as ``EmbeddingBag`` input: flat token ids, offsets and per-token
+        weights (1 / the text's token count)."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():  # forward only: the feature is a gradient computed in closed form
-            gradient = self._output_gradient(ids, mask, batch["loss_start"])
+            gradient = torch.cat([self._output_gradient(d, ids, mask, batch["loss_start"]) for d in self.decoders], 1)
         return (gradient, *self._bag_input(ids, mask))
 
-    def _output_gradient(self, ids: torch.Tensor, mask: torch.Tensor, loss_start: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    def _output_gradient(self, decoder: Any, ids: torch.Tensor, mask: torch.Tensor, loss_start: torch.Tensor) -> torch.Tensor:
+        out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         error = out.logits[:, :-1].float().softmax(-1)  # p_t - e_{y_t}, for the token after position t
         error.scatter_add_(2, ids[:, 1:, None], -torch.ones(*ids[:, 1:].shape, 1))
         scored = mask[:, 1:].float() * (torch.arange(ids.shape[1] - 1)[None, :] >= (loss_start - 1).clamp_min(0)[:, None])
-        back = (error @ self.decoder.get_output_embeddings().weight.float()) * scored[..., None]
+        back = (error @ decoder.get_output_embeddings().weight.float()) * scored[..., None]
         states = out.hidden_states[-1][:, :-1].float()
         if len(self.error_basis):
             back, states = back @ self.error_basis.T, states @ self.state_basis.T
@@ -120,9 +125,10 @@ class OutputGradientQuery(InputModule):
         from safetensors.torch import save_file
 
         folder = Path(output_path)
-        self.decoder.save_pretrained(folder / DECODER_DIR)
-        self.tokenizer.save_pretrained(folder / DECODER_DIR)
-        head = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("decoder.")}
+        for i, decoder in enumerate(self.decoders):
+            decoder.save_pretrained(folder / DECODER_DIR.format(i))
+            self.tokenizer.save_pretrained(folder / DECODER_DIR.format(i))
+        head = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("decoders.")}
         save_file(head, str(folder / HEAD_FILE))
         (folder / self.config_file_name).write_text(json.dumps(self.get_config_dict()))
 
@@ -133,9 +139,10 @@ class OutputGradientQuery(InputModule):
         from influcoder_dagster.teacher.decoder import load_decoder
 
         folder = Path(model_name_or_path) / subfolder
-        decoder, tokenizer = load_decoder(folder / DECODER_DIR)
-        module = cls(decoder, tokenizer, **json.loads((folder / cls.config_file_name).read_text()))
         head = load_file(str(folder / HEAD_FILE))
+        config = json.loads((folder / cls.config_file_name).read_text())
+        loaded = [load_decoder(folder / DECODER_DIR.format(i)) for i in range(len(list(folder.glob(DECODER_DIR.format("*")))))]
+        module = cls([decoder for decoder, _ in loaded], loaded[0][1], **config)
         for name in ("error_basis", "state_basis"):  # registered with their loaded size, so load_state_dict fits
             setattr(module, name, head[name])
         module.load_state_dict(head, strict=False)
@@ -160,17 +167,23 @@ def batch_features(module: OutputGradientQuery, texts: list[str], batch: int = 6
 @dataclass(frozen=True)
 class Design:
     """How texts become ridge rows, fitted on the training texts: the token columns kept (the
-    ``MAX_FEATURES`` most frequent), their idf, and each block's scale (its rows' RMS norm)."""
+    ``MAX_FEATURES`` most frequent), their idf, and each block's scale: the token block's RMS norm,
+    and each checkpoint's output-gradient block's RMS norm times the root of their count, so the
+    output gradients together weigh as much as the tokens."""
 
     kept: np.ndarray
     idf: np.ndarray
-    gradient_scale: float
+    gradient_scales: np.ndarray  # one per checkpoint
     token_scale: float
+
+    def gradient_columns(self, block: int) -> np.ndarray:
+        """Each output-gradient column's scale (its checkpoint's)."""
+        return np.repeat(self.gradient_scales, block).astype(np.float32)
 
 
 def design_rows(module: OutputGradientQuery, texts: list[str], design: Design | None = None, progress: bool = False
                 ) -> tuple[SideBySide, Design]:
-    """``texts`` as ridge rows, ``[output gradient / its scale, idf-weighted token bag / its scale]``
+    """``texts`` as ridge rows, ``[output gradients / their scales, idf-weighted token bag / its scale]``
     (the token block kept sparse); without ``design``, the design is fitted on these texts."""
     from influcoder_dagster.student.token_bag import idf_weighted, kept_tokens
 
@@ -178,16 +191,18 @@ def design_rows(module: OutputGradientQuery, texts: list[str], design: Design | 
     if design is None:
         kept, idf = kept_tokens(bags)
         tokens = idf_weighted(bags, kept, idf)
-        design = Design(kept, idf, rms_norm(gradients), rms_norm(tokens))
+        blocks = range(0, gradients.shape[1], module.block)
+        scales = np.array([rms_norm(gradients[:, b:b + module.block]) for b in blocks]) * np.sqrt(len(blocks))
+        design = Design(kept, idf, scales, rms_norm(tokens))
     else:
         tokens = idf_weighted(bags, design.kept, design.idf)
-    gradients /= design.gradient_scale
+    gradients /= design.gradient_columns(module.block)
     return SideBySide(gradients, (tokens / design.token_scale).astype(np.float32)), design
 
 
 def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[str], targets: np.ndarray, seed: int = 0,
                             progress: bool = False) -> tuple[Any, dict[str, float]]:
-    """An ``OutputGradientQuery`` student on the teacher's last checkpoint (its LoRA adapters merged),
+    """An ``OutputGradientQuery`` student on the teacher's checkpoints (their LoRA adapters merged),
     its head fitted by ridge from ``texts``' output gradients and token bags onto ``targets``."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
@@ -198,29 +213,32 @@ def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[s
 
     if not texts:
         raise MissingUpstreamError("no training samples to fit the output-gradient student on", "influence_rankings")
-    decoder, tokenizer = last_decoder(base)
-    module = OutputGradientQuery(decoder, tokenizer, max_length, targets.shape[1], seed=seed)
+    decoders, tokenizer = checkpoint_decoders(base)
+    module = OutputGradientQuery(decoders, tokenizer, max_length, targets.shape[1], seed=seed)
     x, design = design_rows(module, texts, progress=progress)
     ridge = fit_ridge(x, targets, tuple(a * len(texts) / 1000 for a in ALPHAS), seed)
     width, kept = module.gradient_head.in_features, design.kept
     table = np.tile(ridge.intercept, (module.token_table.num_embeddings, 1))
     table[kept] += design.idf[kept, None] * ridge.coef[width:] / design.token_scale
     with torch.no_grad():
-        module.gradient_head.weight.copy_(torch.from_numpy(np.ascontiguousarray(ridge.coef[:width].T / design.gradient_scale)))
+        module.gradient_head.weight.copy_(torch.from_numpy(np.ascontiguousarray(ridge.coef[:width].T / design.gradient_columns(module.block))))
         module.token_table.weight.copy_(torch.from_numpy(table))
     fit = {"ridge_alpha": ridge.alpha, "held_back_cosine": ridge.held_back_cosine[ridge.alpha],
            "train_cosine": mean_cosine(ridge.predict(x), targets), "token_features": len(kept), "gradient_features": width}
     return SentenceTransformer(modules=[module, Normalize()], device="cpu"), fit
 
 
-def last_decoder(base: dict[str, Any]) -> tuple[Any, Any]:
-    """The decoder at the teacher's last checkpoint, its LoRA adapters (if any) merged into its weights."""
+def checkpoint_decoders(base: dict[str, Any]) -> tuple[list[Any], Any]:
+    """The decoder at each checkpoint the teacher scores, oldest first, its LoRA adapters (if any)
+    merged into its weights; and their tokenizer."""
     from influcoder_dagster.teacher.checkpoints import checkpoints_of
     from influcoder_dagster.teacher.decoder import load_decoder
 
-    last = checkpoints_of(base)[-1]
-    decoder, tokenizer = load_decoder(last.path, last.adapter)
-    return (decoder.merge_and_unload() if last.adapter else decoder).eval(), tokenizer
+    decoders = []
+    for checkpoint in checkpoints_of(base):
+        decoder, tokenizer = load_decoder(checkpoint.path, checkpoint.adapter)
+        decoders.append((decoder.merge_and_unload() if checkpoint.adapter else decoder).eval())
+    return decoders, tokenizer
 
 
 def rms_norm(x: Any) -> float:

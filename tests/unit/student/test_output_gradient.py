@@ -27,7 +27,7 @@ def _autograd_gradient(model, tokenizer, text: str) -> torch.Tensor:
 @pytest.mark.parametrize("side_max", [128, 16])  # the decoder is 32 wide: every direction kept, or each side cut to 16
 def test_the_feature_is_the_gradient_of_a_map_on_the_output_from_one_forward_pass(tiny_lm, side_max):
     model, tokenizer = tiny_lm
-    module = OutputGradientQuery(model, tokenizer, max_length=64, embedding_dim=4, side_max=side_max)
+    module = OutputGradientQuery([model], tokenizer, max_length=64, embedding_dim=4, side_max=side_max)
     texts = ["sample number 12 talks about topic 3 and ends here.", "topic 4"]  # unequal lengths: padding is left out
     got = module.features(module.preprocess(texts))[0]
     for row, text in zip(got, texts, strict=True):
@@ -37,6 +37,24 @@ def test_the_feature_is_the_gradient_of_a_map_on_the_output_from_one_forward_pas
         torch.testing.assert_close(row, want.flatten(), atol=1e-6, rtol=1e-4)
 
 
+def test_each_checkpoint_gives_its_own_block(tiny_lm):
+    """Two training states: the feature is each one's output gradient in turn, oldest first."""
+    import copy
+
+    model, tokenizer = tiny_lm
+    later = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in later.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    both = OutputGradientQuery([model, later], tokenizer, max_length=64, embedding_dim=4, side_max=16)
+    assert both.gradient_head.in_features == 2 * 16 * 16
+    got = both.features(both.preprocess(QUERIES))[0]
+    for i, decoder in enumerate([model, later]):
+        alone = OutputGradientQuery([decoder], tokenizer, max_length=64, embedding_dim=4, side_max=16)
+        torch.testing.assert_close(got[:, i * 256:(i + 1) * 256], alone.features(alone.preprocess(QUERIES))[0])
+    assert not torch.allclose(got[:, :256], got[:, 256:])
+
+
 @pytest.mark.slow
 def test_the_student_serves_its_ridge_map_and_round_trips(local_lm, tmp_path):
     from influcoder_dagster.serving.query_encoder import QueryEncoder, exportable
@@ -44,10 +62,11 @@ def test_the_student_serves_its_ridge_map_and_round_trips(local_lm, tmp_path):
     from influcoder_dagster.student.metrics import mean_cosine
 
     targets = np.random.default_rng(0).standard_normal((len(TEXTS), 6)).astype(np.float32)
-    model, fit = output_gradient_student({"path": str(local_lm)}, 64, TEXTS, targets)
+    two_states = {"path": str(local_lm), "checkpoints": [{"path": str(local_lm)}, {"path": str(local_lm)}]}
+    model, fit = output_gradient_student(two_states, 64, TEXTS, targets)
     # The served model is the fitted map: its training cosine is the ridge predictions' own.
     assert mean_cosine(encode(model, TEXTS, "query"), targets) == pytest.approx(fit["train_cosine"], abs=1e-4)
-    assert fit["gradient_features"] == 32 * 32 and fit["token_features"] > 5
+    assert fit["gradient_features"] == 2 * 32 * 32 and fit["token_features"] > 5
     model.save(str(tmp_path / "student"))
     reloaded = load_saved_student(tmp_path / "student")
     np.testing.assert_allclose(encode(reloaded, QUERIES, "query"), encode(model, QUERIES, "query"), atol=1e-6)
@@ -62,7 +81,7 @@ def test_a_module_with_cut_sides_reloads_its_directions(tiny_lm, tmp_path):
     from influcoder_dagster.student.encoder import encode, load_saved_student
 
     model, tokenizer = tiny_lm
-    module = OutputGradientQuery(model, tokenizer, max_length=64, embedding_dim=4, side_max=8, seed=3)
+    module = OutputGradientQuery([model], tokenizer, max_length=64, embedding_dim=4, side_max=8, seed=3)
     torch.nn.init.normal_(module.gradient_head.weight)
     student = SentenceTransformer(modules=[module], device="cpu")
     student.save(str(tmp_path / "cut"))
