@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -127,10 +127,10 @@ def output_gradient(model: Any, tok: Any, max_length: int, texts: list[str]) -> 
     """Per text, ``sum_t W_out^T (p_t - e_{y_t}) h_t^T`` over its loss positions, divided by their
     count and flattened (d * d), from one forward pass: the student's own feature
     (``student/output_gradient.py``) with every direction of both sides kept."""
-    from influcoder_dagster.student.output_gradient import OutputGradientQuery, batch_features
+    from influcoder_dagster.student.output_gradient import OutputGradientQuery, output_gradients
 
     width = model.get_output_embeddings().weight.shape[1]
-    return batch_features(OutputGradientQuery([model], tok, max_length, 1, side_max=width), texts)[0]
+    return output_gradients(OutputGradientQuery([model], tok, max_length, 1, side_max=width), texts)
 
 
 def unit_scaled(train: Any, queries: Any) -> tuple[Any, Any]:
@@ -148,8 +148,17 @@ def standardized(train: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np
     return (train - mu) / sd / scale, (queries - mu) / sd / scale
 
 
-def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Callable[[], tuple[Any, Any]]]:
-    """Each feature set as (training texts' features, queries' features), computed when asked for."""
+class Fitted(NamedTuple):
+    """A feature set that fits its own head (the student's): the head, the queries' rows, their width."""
+
+    head: Any
+    queries: Any
+    dim: int
+
+
+def feature_sets(cfg: Any, asked: Any, train_texts: list[str], targets: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """Each feature set as (training texts' features, queries' features), or as :class:`Fitted`,
+    computed when asked for."""
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.student.encoder import encode, load_encoder
     from influcoder_dagster.student.token_bag import decoder_tokenizer
@@ -200,17 +209,18 @@ def feature_sets(cfg: Any, asked: Any, train_texts: list[str]) -> dict[str, Call
                                                                   output_gradient(last, last_tok, cfg.model.max_length, asked.queries)))
     unit_tokens = once("decoder_tokens_unit", lambda: unit_scaled(*tokens()))
 
-    def student_rows(side_max: int, every_checkpoint: bool) -> Callable[[], tuple[Any, Any]]:
-        """The output-gradient student's own ridge rows (``student/output_gradient.py``), each side cut
-        to ``side_max``, at every checkpoint or the last one only."""
-        def make() -> tuple[Any, Any]:
-            from influcoder_dagster.student.output_gradient import OutputGradientQuery, checkpoint_decoders, design_rows
+    def student_rows(side_max: int, every_checkpoint: bool) -> Callable[[], Fitted]:
+        """The output-gradient student's own head (``student/output_gradient.py``: its streamed ridge
+        and design), each side cut to ``side_max``, at every checkpoint or the last one only."""
+        def make() -> Fitted:
+            from influcoder_dagster.student.output_gradient import OutputGradientQuery, checkpoint_decoders, design_rows, fit_head
 
             decoders, tok = checkpoint_decoders(base)
-            module = OutputGradientQuery(decoders if every_checkpoint else decoders[-1:], tok, cfg.model.max_length, cfg.encoder.sketch_dim, side_max,
-                                         cfg.encoder.seed)
-            train_x, design = design_rows(module, train_texts)
-            return train_x, design_rows(module, asked.queries, design)[0]
+            module = OutputGradientQuery(decoders if every_checkpoint else decoders[-1:], tok, cfg.model.max_length, cfg.encoder.sketch_dim,
+                                         side_max, cfg.encoder.seed)
+            head, design = fit_head(module, train_texts, targets, cfg.encoder.seed)
+            queries = design_rows(module, asked.queries, design)
+            return Fitted(head, queries, queries.shape[1])
 
         return make
 
@@ -240,16 +250,20 @@ def measure(config: Path, n_queries: int, only: list[str] | None) -> dict[str, A
                            "sketch_dim": sketch.dim, "oracle_recovery_at_10": exact_recovery(oracle, ids, docs, own, tops), "features": {}}
     print("oracle", out["oracle_recovery_at_10"], flush=True)
     alphas = tuple(a * len(targets) / 1000 for a in ALPHAS)
-    for name, make in feature_sets(cfg, asked, train_texts).items():
+    for name, make in feature_sets(cfg, asked, train_texts, targets).items():
         if only and name not in only:
             continue
         start = time.perf_counter()
-        train_x, query_x = make()
-        head = fit_ridge(train_x, targets, alphas, cfg.encoder.seed)
+        made = make()
+        if isinstance(made, Fitted):
+            head, query_x, dim = made
+        else:
+            train_x, query_x = made
+            head, dim = fit_ridge(train_x, targets, alphas, cfg.encoder.seed), train_x.shape[1]
         pred = head.predict(query_x)
         pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
         row = {"recovery_at_10": exact_recovery(pred, ids, docs, own, tops), "cosine_to_oracle": mean_cosine(pred, oracle),
-               "dim": int(train_x.shape[1]), "alpha": head.alpha / len(targets) * 1000, "seconds": round(time.perf_counter() - start, 1)}
+               "dim": int(dim), "alpha": head.alpha / len(targets) * 1000, "seconds": round(time.perf_counter() - start, 1)}
         out["features"][name] = row
         print(name, row, flush=True)
     return out

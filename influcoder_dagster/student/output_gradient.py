@@ -34,7 +34,7 @@ import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
 from influcoder_dagster.data.tokens import pad_batch, tokenize_for_loss
-from influcoder_dagster.student.ridge import SideBySide, fit_ridge
+from influcoder_dagster.student.ridge import ROW_BLOCK, RidgeMap, SideBySide, StreamedRidge
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -149,19 +149,25 @@ class OutputGradientQuery(InputModule):
         return module
 
 
-def batch_features(module: OutputGradientQuery, texts: list[str], batch: int = 64, progress: bool = False) -> tuple[np.ndarray, Any]:
-    """Every text's output gradient (float32, dense) and its token bag (sparse token weights over the vocabulary)."""
-    import scipy.sparse as sp
-    from tqdm.auto import tqdm
-
+def output_gradients(module: OutputGradientQuery, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Every text's output gradients (float32, dense; one block per checkpoint)."""
     gradients = np.empty((len(texts), module.gradient_head.in_features), dtype=np.float32)  # filled in place: no second copy
+    for start in range(0, len(texts), batch):
+        gradients[start:start + batch] = module.features(module.preprocess(texts[start:start + batch]))[0].numpy()
+    return gradients
+
+
+def token_bags(module: OutputGradientQuery, texts: list[str], batch: int = 1024) -> Any:
+    """Every text's token bag (sparse token weights over the vocabulary), from its tokens alone (no forward pass)."""
+    import scipy.sparse as sp
+
     bags = []
-    for start in tqdm(range(0, len(texts), batch), desc="output gradients", unit="batch", disable=not progress):
-        gradient, flat, offsets, weights = module.features(module.preprocess(texts[start:start + batch]))
-        gradients[start:start + len(gradient)] = gradient.numpy()
+    for start in range(0, len(texts), batch):
+        encoded = module.preprocess(texts[start:start + batch])
+        flat, offsets, weights = module._bag_input(encoded["input_ids"], encoded["attention_mask"])
         rows = np.repeat(np.arange(len(offsets)), np.diff(np.append(offsets.numpy(), len(flat))))
         bags.append(sp.csr_matrix((weights.numpy(), (rows, flat.numpy())), shape=(len(offsets), len(module.tokenizer))))
-    return gradients, sp.vstack(bags).tocsr()
+    return sp.vstack(bags).tocsr()
 
 
 @dataclass(frozen=True)
@@ -181,23 +187,42 @@ class Design:
         return np.repeat(self.gradient_scales, block).astype(np.float32)
 
 
-def design_rows(module: OutputGradientQuery, texts: list[str], design: Design | None = None, progress: bool = False
-                ) -> tuple[SideBySide, Design]:
+def design_rows(module: OutputGradientQuery, texts: list[str], design: Design) -> SideBySide:
     """``texts`` as ridge rows, ``[output gradients / their scales, idf-weighted token bag / its scale]``
-    (the token block kept sparse); without ``design``, the design is fitted on these texts."""
-    from influcoder_dagster.student.token_bag import idf_weighted, kept_tokens
+    (the token block kept sparse)."""
+    from influcoder_dagster.student.token_bag import idf_weighted
 
-    gradients, bags = batch_features(module, texts, progress=progress)
-    if design is None:
-        kept, idf = kept_tokens(bags)
-        tokens = idf_weighted(bags, kept, idf)
-        blocks = range(0, gradients.shape[1], module.block)
-        scales = np.array([rms_norm(gradients[:, b:b + module.block]) for b in blocks]) * np.sqrt(len(blocks))
-        design = Design(kept, idf, scales, rms_norm(tokens))
-    else:
-        tokens = idf_weighted(bags, design.kept, design.idf)
+    gradients = output_gradients(module, texts)
     gradients /= design.gradient_columns(module.block)
-    return SideBySide(gradients, (tokens / design.token_scale).astype(np.float32)), design
+    return SideBySide(gradients, (idf_weighted(token_bags(module, texts), design.kept, design.idf) / design.token_scale).astype(np.float32))
+
+
+def fit_head(module: OutputGradientQuery, texts: list[str], targets: np.ndarray, seed: int = 0, progress: bool = False
+             ) -> tuple[RidgeMap, Design]:
+    """The ridge map from ``texts``' rows (:func:`design_rows`) onto ``targets``, and the design it
+    reads, fitted together in one pass over the texts: ``ROW_BLOCK`` texts' output gradients at a
+    time enter the ridge's sums and are dropped, so the dense rows (2.2 GB at 80,000 texts and
+    three checkpoints) never exist whole. Each checkpoint's scale, known only at the end, scales
+    the sums instead."""
+    from tqdm.auto import tqdm
+
+    from influcoder_dagster.student.token_bag import ALPHAS, idf_weighted, kept_tokens
+
+    bags = token_bags(module, texts)
+    kept, idf = kept_tokens(bags)
+    tokens = idf_weighted(bags, kept, idf)
+    token_scale = rms_norm(tokens)
+    tokens = (tokens / token_scale).astype(np.float32)
+    ridge, squares = StreamedRidge(len(texts), seed), np.zeros(len(module.decoders))
+    with tqdm(total=len(texts), desc="output gradients", unit="text", disable=not progress) as bar:
+        for start in range(0, len(texts), ROW_BLOCK):
+            gradients = output_gradients(module, texts[start:start + ROW_BLOCK])
+            squares += [np.einsum("ij,ij->", g, g, dtype=np.float64) for g in np.hsplit(gradients, len(squares))]
+            ridge.add(SideBySide(gradients, tokens[start:start + ROW_BLOCK]), targets[start:start + ROW_BLOCK])
+            bar.update(len(gradients))
+    design = Design(kept, idf, np.sqrt(squares / len(texts) * len(squares)), token_scale)
+    columns = np.concatenate([1 / design.gradient_columns(module.block), np.ones(len(kept), dtype=np.float32)])
+    return ridge.fit(tuple(a * len(texts) / 1000 for a in ALPHAS), columns), design
 
 
 def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[str], targets: np.ndarray, seed: int = 0,
@@ -208,24 +233,29 @@ def output_gradient_student(base: dict[str, Any], max_length: int, texts: list[s
     from sentence_transformers.base.modules import Normalize
 
     from influcoder_dagster.core.errors import MissingUpstreamError
-    from influcoder_dagster.student.metrics import mean_cosine
-    from influcoder_dagster.student.token_bag import ALPHAS
 
     if not texts:
         raise MissingUpstreamError("no training samples to fit the output-gradient student on", "influence_rankings")
     decoders, tokenizer = checkpoint_decoders(base)
     module = OutputGradientQuery(decoders, tokenizer, max_length, targets.shape[1], seed=seed)
-    x, design = design_rows(module, texts, progress=progress)
-    ridge = fit_ridge(x, targets, tuple(a * len(texts) / 1000 for a in ALPHAS), seed)
+    ridge, design = fit_head(module, texts, targets, seed, progress)
+    set_head(module, ridge, design)
+    fit = {"ridge_alpha": ridge.alpha, "held_back_cosine": ridge.held_back_cosine[ridge.alpha], "token_features": len(design.kept),
+           "gradient_features": module.gradient_head.in_features}
+    return SentenceTransformer(modules=[module, Normalize()], device="cpu"), fit
+
+
+def set_head(module: OutputGradientQuery, ridge: RidgeMap, design: Design) -> None:
+    """Write the ridge map into the module: the gradient head reads raw output gradients, the token
+    table holds each kept token's idf-weighted, scaled coefficients (plus the intercept, as every
+    bag's weights sum to one)."""
     width, kept = module.gradient_head.in_features, design.kept
     table = np.tile(ridge.intercept, (module.token_table.num_embeddings, 1))
     table[kept] += design.idf[kept, None] * ridge.coef[width:] / design.token_scale
+    gradient_coef = ridge.coef[:width].T / design.gradient_columns(module.block)[None, :]
     with torch.no_grad():
-        module.gradient_head.weight.copy_(torch.from_numpy(np.ascontiguousarray(ridge.coef[:width].T / design.gradient_columns(module.block))))
+        module.gradient_head.weight.copy_(torch.from_numpy(np.ascontiguousarray(gradient_coef)))
         module.token_table.weight.copy_(torch.from_numpy(table))
-    fit = {"ridge_alpha": ridge.alpha, "held_back_cosine": ridge.held_back_cosine[ridge.alpha],
-           "train_cosine": mean_cosine(ridge.predict(x), targets), "token_features": len(kept), "gradient_features": width}
-    return SentenceTransformer(modules=[module, Normalize()], device="cpu"), fit
 
 
 def checkpoint_decoders(base: dict[str, Any]) -> tuple[list[Any], Any]:

@@ -12,7 +12,8 @@ OpenBLAS (0.3.31) segfaulted here on the Gram matrix and the Cholesky solve of 1
 held-back rows' targets, which is what the served, normalized student is scored on; the map is
 then refitted on all rows. With that alpha the result is scikit-learn's ``Ridge``. Rows may be
 dense, scipy-sparse, or :class:`SideBySide` (a dense block beside a sparse one, joined a block
-of rows at a time, so the whole dense matrix never exists).
+of rows at a time, so the whole dense matrix never exists). :class:`StreamedRidge` takes rows a
+block at a time as they are computed, keeping only the sums and the held-back rows.
 """
 
 from __future__ import annotations
@@ -61,20 +62,63 @@ class RidgeMap:
 def fit_ridge(x: Any, targets: np.ndarray, alphas: tuple[float, ...], seed: int = 0) -> RidgeMap:
     """Ridge from ``x`` (dense, scipy-sparse or :class:`SideBySide` rows) to ``targets``, intercept unpenalized, alpha
     among ``alphas`` chosen on a random tenth of the rows (seeded) held back from a first fit."""
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"ridge needs at least 2 training rows to choose alpha, got {n}")
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng(seed).permutation(n)[: max(1, round(n * HELD_BACK))]] = True
-    held_rows = np.flatnonzero(held)
-    sums = _sums(x, targets, np.flatnonzero(~held))
-    scores = {}
-    for alpha in alphas:
-        coef, intercept = _solve(sums, alpha)
-        scores[float(alpha)] = mean_cosine(_matmul(x, coef, held_rows) + intercept, targets[held_rows])
-    alpha = max(scores, key=scores.get)
-    coef, intercept = _solve(_sums(x, targets, held_rows, into=sums), alpha)  # all rows' sums, in place
-    return RidgeMap(coef.astype(np.float32), intercept.astype(np.float32), alpha, scores)
+    ridge = StreamedRidge(x.shape[0], seed)
+    for start in range(0, x.shape[0], ROW_BLOCK):
+        ridge.add(x[start:start + ROW_BLOCK], targets[start:start + ROW_BLOCK])
+    return ridge.fit(alphas)
+
+
+class StreamedRidge:
+    """:func:`fit_ridge` for rows that arrive a block at a time, in order, and are never all held:
+    only their sums and the held-back tenth are kept. ``n`` is the number of rows to come."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        if n < 2:
+            raise ValueError(f"ridge needs at least 2 training rows to choose alpha, got {n}")
+        self.held = np.zeros(n, dtype=bool)
+        self.held[np.random.default_rng(seed).permutation(n)[: max(1, round(n * HELD_BACK))]] = True
+        self.fit_sums: _Sums | None = None
+        self.held_x: list[Any] = []
+        self.held_y: list[np.ndarray] = []
+        self.seen = 0
+
+    def add(self, x: Any, y: np.ndarray) -> None:
+        """The next ``len(y)`` rows (dense, scipy-sparse or :class:`SideBySide`) and their targets."""
+        held = self.held[self.seen:self.seen + len(y)]
+        self.seen += len(y)
+        self.fit_sums = _sums(x, y, np.flatnonzero(~held), into=self.fit_sums)
+        if held.any():
+            self.held_x.append(x[np.flatnonzero(held)])
+            self.held_y.append(y[held])
+
+    def fit(self, alphas: tuple[float, ...], column_scale: np.ndarray | None = None) -> RidgeMap:
+        """Choose alpha on the held-back rows, then refit on every row. ``column_scale``, if given,
+        multiplies each feature column first (as if the rows had been scaled before they were added)."""
+        import scipy.sparse as sp
+
+        if self.seen != len(self.held):
+            raise ValueError(f"{self.seen} rows were added, {len(self.held)} announced")
+        held_x = sp.vstack(self.held_x).tocsr() if sp.issparse(self.held_x[0]) else np.vstack(self.held_x)
+        held_y, sums = np.concatenate(self.held_y), self.fit_sums
+        if column_scale is not None:
+            c = column_scale.astype(np.float32)
+            sums, held_x = _scaled(sums, column_scale), held_x.multiply(c).tocsr() if sp.issparse(held_x) else held_x * c
+        scores = {}
+        for alpha in alphas:
+            coef, intercept = _solve(sums, alpha)
+            scores[float(alpha)] = mean_cosine(_matmul(held_x, coef) + intercept, held_y)
+        alpha = max(scores, key=scores.get)
+        coef, intercept = _solve(_sums(held_x, held_y, np.arange(len(held_y)), into=sums), alpha)  # all rows' sums, in place
+        return RidgeMap(coef.astype(np.float32), intercept.astype(np.float32), alpha, scores)
+
+
+def _scaled(sums: _Sums, c: np.ndarray) -> _Sums:
+    """The sums of rows whose columns are multiplied by ``c``, in place: ``X'X`` a band of rows at a time."""
+    for start in range(0, len(c), 1024):
+        sums.xtx[start:start + 1024] *= c[start:start + 1024, None] * c[None, :]
+    np.multiply(sums.xty, c[:, None], out=sums.xty)
+    np.multiply(sums.x_sum, c, out=sums.x_sum)
+    return sums
 
 
 class _Sums(NamedTuple):

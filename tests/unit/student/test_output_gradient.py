@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder_dagster.student.output_gradient import OutputGradientQuery, output_gradient_student
+from influcoder_dagster.student.output_gradient import OutputGradientQuery, design_rows, fit_head, output_gradient_student
 
 TEXTS = [f"sample number {i} talks about topic {i % 7} and ends here." for i in range(40)]
 QUERIES = ["sample number 3 talks about topic 5.", "topic 2 and ends here, sample number 11 says"]
@@ -64,9 +64,13 @@ def test_the_student_serves_its_ridge_map_and_round_trips(local_lm, tmp_path):
     targets = np.random.default_rng(0).standard_normal((len(TEXTS), 6)).astype(np.float32)
     two_states = {"path": str(local_lm), "checkpoints": [{"path": str(local_lm)}, {"path": str(local_lm)}]}
     model, fit = output_gradient_student(two_states, 64, TEXTS, targets)
-    # The served model is the fitted map: its training cosine is the ridge predictions' own.
-    assert mean_cosine(encode(model, TEXTS, "query"), targets) == pytest.approx(fit["train_cosine"], abs=1e-4)
     assert fit["gradient_features"] == 2 * 32 * 32 and fit["token_features"] > 5
+    # The served model is the fitted map: the ridge's own predictions on the texts' rows, normalized.
+    module = model[0]
+    ridge, design = fit_head(module, TEXTS, targets)
+    assert ridge.alpha == fit["ridge_alpha"]
+    predicted = ridge.predict(design_rows(module, TEXTS, design))
+    assert mean_cosine(encode(model, TEXTS, "query"), predicted) == pytest.approx(1.0, abs=1e-5)
     model.save(str(tmp_path / "student"))
     reloaded = load_saved_student(tmp_path / "student")
     np.testing.assert_allclose(encode(reloaded, QUERIES, "query"), encode(model, QUERIES, "query"), atol=1e-6)
@@ -89,3 +93,23 @@ def test_a_module_with_cut_sides_reloads_its_directions(tiny_lm, tmp_path):
     torch.testing.assert_close(reloaded[0].error_basis, module.error_basis)
     assert reloaded[0].side_max == 8 and reloaded[0].gradient_head.in_features == 64
     np.testing.assert_allclose(encode(reloaded, QUERIES, "query"), encode(student, QUERIES, "query"), atol=1e-6)
+
+
+def test_the_streamed_fit_equals_a_ridge_on_the_whole_scaled_rows(tiny_lm, monkeypatch):
+    """Fitted a few texts at a time, scales applied to the sums afterwards: the same map as one ridge
+    over every row, built whole and scaled first."""
+    import influcoder_dagster.student.output_gradient as og
+    from influcoder_dagster.student.ridge import fit_ridge
+    from influcoder_dagster.student.token_bag import ALPHAS
+
+    model, tokenizer = tiny_lm
+    module = OutputGradientQuery([model, model], tokenizer, max_length=64, embedding_dim=6, side_max=16)
+    targets = np.random.default_rng(1).standard_normal((len(TEXTS), 6)).astype(np.float32)
+    monkeypatch.setattr(og, "ROW_BLOCK", 7)  # six blocks of texts, the last one short
+    streamed, design = fit_head(module, TEXTS, targets, seed=2)
+    whole = fit_ridge(design_rows(module, TEXTS, design), targets, tuple(a * len(TEXTS) / 1000 for a in ALPHAS), seed=2)
+    assert streamed.alpha == whole.alpha
+    for texts in (TEXTS, QUERIES):  # more features than texts: compare what the maps predict
+        rows = design_rows(module, texts, design)
+        np.testing.assert_allclose(streamed.predict(rows), whole.predict(rows), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(design.gradient_scales[0], design.gradient_scales[1])  # the same state twice

@@ -50,3 +50,28 @@ def test_alpha_is_chosen_by_the_held_back_rows_not_the_fit():
 def test_one_row_is_too_few_to_choose_alpha():
     with pytest.raises(ValueError, match="at least 2 training rows"):
         fit_ridge(np.ones((1, 3)), np.ones((1, 2)), (1.0,))
+
+
+def test_rows_streamed_in_blocks_and_scaled_afterwards_give_the_same_map():
+    from influcoder_dagster.student.ridge import StreamedRidge
+
+    x, y = _data(np.random.default_rng(4), n=120)
+    scale = np.random.default_rng(5).uniform(0.2, 5.0, x.shape[1])
+    whole = fit_ridge(x * scale, y, (0.1, 1.0, 10.0), seed=3)
+    streamed = StreamedRidge(len(x), seed=3)
+    for start, stop in [(0, 7), (7, 50), (50, 51), (51, 120)]:
+        streamed.add(x[start:stop], y[start:stop])
+    fitted = streamed.fit((0.1, 1.0, 10.0), column_scale=scale)
+    assert fitted.alpha == whole.alpha
+    np.testing.assert_allclose(fitted.coef, whole.coef, atol=1e-5)
+    np.testing.assert_allclose(fitted.intercept, whole.intercept, atol=1e-5)
+
+
+def test_a_stream_must_deliver_the_rows_it_announced():
+    from influcoder_dagster.student.ridge import StreamedRidge
+
+    x, y = _data(np.random.default_rng(6), n=40)
+    streamed = StreamedRidge(41)
+    streamed.add(x, y)
+    with pytest.raises(ValueError, match="40 rows were added, 41 announced"):
+        streamed.fit((1.0,))
