@@ -82,10 +82,13 @@ class OutputGradientQuery(InputModule):
         """The batch's output gradients (B, checkpoints * side * side; each checkpoint's block in
         turn), and its token bag as ``EmbeddingBag`` input: flat token ids, offsets and per-token
         weights (1 / the text's token count)."""
+        return (self.gradients(batch), *self._bag_input(batch["input_ids"], batch["attention_mask"]))
+
+    def gradients(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's output gradients alone (B, checkpoints * side * side)."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():  # forward only: the feature is a gradient computed in closed form
-            gradient = torch.cat([self._output_gradient(d, ids, mask, batch["loss_start"]) for d in self.decoders], 1)
-        return (gradient, *self._bag_input(ids, mask))
+            return torch.cat([self._output_gradient(d, ids, mask, batch["loss_start"]) for d in self.decoders], 1)
 
     def _output_gradient(self, decoder: Any, ids: torch.Tensor, mask: torch.Tensor, loss_start: torch.Tensor) -> torch.Tensor:
         out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -141,7 +144,8 @@ class OutputGradientQuery(InputModule):
         folder = Path(model_name_or_path) / subfolder
         head = load_file(str(folder / HEAD_FILE))
         config = json.loads((folder / cls.config_file_name).read_text())
-        loaded = [load_decoder(folder / DECODER_DIR.format(i)) for i in range(len(list(folder.glob(DECODER_DIR.format("*")))))]
+        n_checkpoints = len(list(folder.glob(DECODER_DIR.format("*"))))
+        loaded = [load_decoder(folder / DECODER_DIR.format(i)) for i in range(n_checkpoints)]
         module = cls([decoder for decoder, _ in loaded], loaded[0][1], **config)
         for name in ("error_basis", "state_basis"):  # registered with their loaded size, so load_state_dict fits
             setattr(module, name, head[name])
@@ -153,7 +157,7 @@ def output_gradients(module: OutputGradientQuery, texts: list[str], batch: int =
     """Every text's output gradients (float32, dense; one block per checkpoint)."""
     gradients = np.empty((len(texts), module.gradient_head.in_features), dtype=np.float32)  # filled in place: no second copy
     for start in range(0, len(texts), batch):
-        gradients[start:start + batch] = module.features(module.preprocess(texts[start:start + batch]))[0].numpy()
+        gradients[start:start + batch] = module.gradients(module.preprocess(texts[start:start + batch])).numpy()
     return gradients
 
 
