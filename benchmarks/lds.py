@@ -2,7 +2,7 @@
 
     python benchmarks/lds.py --corpus DIR [--n 1000] [--subsets 32] [--queries 48] [--work DIR] [--json PATH]
 
-**Corpus.** The first ``--n`` short passages of ``benchmarks/real_corpus.py`` (man pages and installed
+**Corpus.** The first ``--n`` distinct short passages of ``benchmarks/real_corpus.py`` (man pages and installed
 packages' docstrings, each cut to its first sentence: nobody on the team wrote them), plus a planted
 behaviour that is not lexically trivial (``behaviour.py``): 30 samples where one of five phrasings
 of a trigger is followed by one of four phrasings of a continuation, and 30 look-alikes (the
@@ -17,7 +17,9 @@ on the tiny decoder's final weights at the store's row width (``peer:NAME``). ``
 rows are teachers that are not the default, from the same decoder states (``VARIANTS``): what the
 ground truth would say if the default changed. ``teacher:seeds3`` sums the default teacher's scores
 over decoders trained from three seeds (TRAK's ensemble; the two extra homes are built by the
-pipeline under ``WORK/seed1`` and ``WORK/seed2``).
+pipeline under ``WORK/seed1`` and ``WORK/seed2``); ``HOME_VARIANTS`` are default teachers of a
+home built by the pipeline with one setting changed (``teacher:checkpoints4``: the states after
+epochs 1, 2, 4 and 8), under ``WORK/NAME``.
 
 **LDS.** The training the scores explain is the tiny decoder's own training, from scratch (the
 behaviour and the corpus are learned there; the LoRA warm-up only sets the teacher's view). It is
@@ -117,9 +119,14 @@ VARIANTS = {  # name -> (target, Adam direction for pool rows, checkpoints: all 
     "teacher:weights": ("weights", False, "all", 2048, "cosine"), "teacher:weights_final": ("weights", False, "final", 2048, "cosine"),
     "teacher:dim8192": ("lora", True, "all", 8192, "cosine"), "teacher:dot": ("lora", True, "all", 2048, "dot"),
     "teacher:weights_dot": ("weights", False, "all", 2048, "dot"),
+    "teacher:weights_head": ("weights+head", False, "all", 2048, "cosine"), "teacher:head": ("head", False, "all", 2048, "cosine"),
+    "teacher:head_dim8192": ("head", False, "all", 8192, "cosine"), "teacher:head_final": ("head", False, "final", 2048, "cosine"),
 }
+# targets: "lora" (the adapters), "weights" (every Linear/Conv1D but the output head), "weights+head" (and the
+# output head, whose gradient sum_t (p_t - y_t) h_t^T says which tokens a sample teaches), "head" (the output head only)
 
 SEED_ENSEMBLES = {"teacher:seeds3": 3}  # name -> decoders trained from that many seeds, the default teacher on each
+HOME_VARIANTS = {"teacher:checkpoints4": "[projection]\ncheckpoints = 4\n"}  # name -> the one setting its own pipeline home changes
 
 
 def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: list[str | None], variant: str) -> np.ndarray:
@@ -131,8 +138,9 @@ def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: lis
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.checkpoints import checkpoints_of
     from influcoder_dagster.teacher.decoder import load_decoder
-    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for
+    from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
     from influcoder_dagster.teacher.lora import adam_state
+    from influcoder_dagster.teacher.projection import plan_projection
     from influcoder_dagster.teacher.scoring import full_scores
 
     target, adam, states, dim, score = VARIANTS[variant]
@@ -141,12 +149,34 @@ def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: lis
     for c in chosen[-1:] if states == "final" else chosen:
         adapter = c.adapter if target == "lora" else None
         model, tok = load_decoder(c.path, adapter)
-        spec = projection_for(model, "countsketch", dim, 0, lora_only=target == "lora")
+        spec = plan_projection("countsketch", dim, 0, tracked_modules(model, target))
         pool = GradientExtractor(model, spec, tok.pad_token_id, adam_state(Path(adapter), False) if adam and adapter else None)
         rows = compute_gradients(pool, tokenize_for_loss(tok, corpus, 128), 16).numpy()
         queries = compute_gradients(GradientExtractor(model, spec, tok.pad_token_id), tokenize_for_loss(tok, texts, 128, prompts), 16).numpy()
         total += full_scores(queries, rows) if score == "cosine" else queries.astype(np.float64) @ rows.T
     return total.astype(np.float32)
+
+
+def tracked_modules(model: Any, target: str) -> list[tuple[str, int, int]]:
+    """The ``(name, d_in, d_out)`` a variant's ``target`` projects."""
+    from influcoder_dagster.teacher.gradients import trackable_modules
+
+    shapes = trackable_modules(model, include_lm_head=target in ("weights+head", "head"), lora_only=target == "lora")
+    if target != "head":
+        return shapes
+    head = next(name for name, mod in model.named_modules() if mod is model.get_output_embeddings())
+    return [s for s in shapes if s[0] == head]
+
+
+def other_home(work: Path, folder: str, setting: str) -> Path:
+    """A pipeline home on the same data with one setting changed (TOML), its base model and store built once."""
+    config = work / folder / "influcoder.toml"
+    home = config.parent / "home"
+    if not (config.parent / "pipeline.json").exists():
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(f'home = "{home}"\n[dataset]\npath = "{work / "data"}"\n{setting}')
+        (config.parent / "pipeline.json").write_text(json.dumps(run_pipeline(config, stages=2)))
+    return home
 
 
 def seed_ensemble_scores(work: Path, n_rows: int, texts: list[str], prompts: list[str | None], seeds: int) -> np.ndarray:
@@ -155,12 +185,7 @@ def seed_ensemble_scores(work: Path, n_rows: int, texts: list[str], prompts: lis
     pipeline in ``WORK/seedS/home``, with only ``model.seed`` changed."""
     total = teacher_scores(work / "home", sample_order(work / "home", n_rows), texts, prompts, None).astype(np.float64)
     for seed in range(1, seeds):
-        config = work / f"seed{seed}" / "influcoder.toml"
-        home = config.parent / "home"
-        if not (config.parent / "pipeline.json").exists():
-            config.parent.mkdir(parents=True, exist_ok=True)
-            config.write_text(f'home = "{home}"\n[dataset]\npath = "{work / "data"}"\n[model]\nseed = {seed}\n')
-            (config.parent / "pipeline.json").write_text(json.dumps(run_pipeline(config, stages=2)))
+        home = other_home(work, f"seed{seed}", f"[model]\nseed = {seed}\n")
         total += teacher_scores(home, sample_order(home, n_rows), texts, prompts, None)
     return total.astype(np.float32)
 
@@ -258,15 +283,23 @@ def method_scores(name: str, home: Path, order: dict[int, int], corpus: list[str
         return variant_scores(home, corpus, texts, prompts, name)
     if name in SEED_ENSEMBLES:
         return seed_ensemble_scores(home.parent, len(corpus), texts, prompts, SEED_ENSEMBLES[name])
+    if name in HOME_VARIANTS:
+        other = other_home(home.parent, name.removeprefix("teacher:"), HOME_VARIANTS[name])
+        return teacher_scores(other, sample_order(other, len(corpus)), texts, prompts, None)
     if name == "random":
         return np.random.default_rng(0).standard_normal((len(texts), len(corpus))).astype(np.float32)
     return peer_scores(name.removeprefix("peer:"), home, corpus, texts, dim)
 
 
-def method_dim(name: str, store_dim: int) -> int | None:
+def method_dim(name: str, home: Path, store_dim: int) -> int | None:
     """Floats per sample a gradient method scores with (None for text methods)."""
     if name in SEED_ENSEMBLES:
         return store_dim * SEED_ENSEMBLES[name]
+    if name in HOME_VARIANTS:
+        from influcoder_dagster.core.paths import Paths
+        from influcoder_dagster.teacher.store import open_store
+
+        return open_store(Paths(home.parent / name.removeprefix("teacher:") / "home")).dim
     if name in VARIANTS:
         _, _, states, per_state, _ = VARIANTS[name]
         from influcoder_dagster.core.config import ProjectionConfig
@@ -320,7 +353,8 @@ def main() -> None:
 
     quiet_libraries()
     started, measured = time.perf_counter(), provenance("benchmarks/lds.py")
-    real = real_passages(args.corpus, args.n + args.queries, short=True)
+    wanted = args.n + args.queries  # distinct passages: the pipeline quarantines a repeated text
+    real = list(dict.fromkeys(real_passages(args.corpus, 2 * wanted, short=True)))[:wanted]
     rows = [{"text": t, "behaviour": ""} for t in real[: args.n]] + planted_behaviour(real[: args.n])
     rows = [{**r, "i": i} for i, r in enumerate(rows)]
     corpus, planted = [r["text"] for r in rows], np.array([r["behaviour"] == "planted" for r in rows])
@@ -349,7 +383,7 @@ def main() -> None:
     print(f"retrains done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     names = args.methods or ["teacher", "teacher_fisher", "student", "rerank", "bm25", "untrained_minilm", "random",
-                             *(f"peer:{p}" for p in PEERS), *VARIANTS, *SEED_ENSEMBLES]
+                             *(f"peer:{p}" for p in PEERS), *VARIANTS, *SEED_ENSEMBLES, *HOME_VARIANTS]
     methods: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
@@ -364,7 +398,7 @@ def main() -> None:
         removed = behaviour(retrainer.losses(np.setdiff1d(np.arange(len(rows)), top)))
         methods[name] = {"lds": value, "lds_ci": interval, f"lds_top{RERANK}": value_top, f"lds_top{RERANK}_ci": interval_top, "auprc": round(float(average_precision_score(planted, evidence)), 3),
                          "planted_in_top_k": int(planted[top].sum()), "removal_effect": removal_share(removed, baseline, behaviour(clean)),
-                         "behaviour_loss_after_removal": round(removed, 3), "dim": method_dim(name, dim),
+                         "behaviour_loss_after_removal": round(removed, 3), "dim": method_dim(name, home, dim),
                          "seconds": round(seconds, 1)}
         print(name, json.dumps(methods[name]), flush=True)
 
