@@ -161,11 +161,9 @@ def tracked_modules(model: Any, target: str) -> list[tuple[str, int, int]]:
     """The ``(name, d_in, d_out)`` a variant's ``target`` projects."""
     from influcoder_dagster.teacher.gradients import trackable_modules
 
-    shapes = trackable_modules(model, include_lm_head=target in ("weights+head", "head"), lora_only=target == "lora")
-    if target != "head":
-        return shapes
-    head = next(name for name, mod in model.named_modules() if mod is model.get_output_embeddings())
-    return [s for s in shapes if s[0] == head]
+    if target == "weights+head":
+        return trackable_modules(model, "weights") + trackable_modules(model, "head")
+    return trackable_modules(model, target)
 
 
 def other_home(work: Path, folder: str, setting: str) -> Path:

@@ -151,7 +151,7 @@ def _default_teacher(home: str, n: int, dim: int) -> dict:
     model, tok, _ = decoders[-1]
     texts = [t for (t,) in connect_readonly(Path(home)).execute("SELECT text FROM samples ORDER BY sample_id LIMIT ?", [n]).fetchall()]
     enc = tokenize_for_loss(tok, texts, 128)
-    spec = projection_for(model, "countsketch", dim, 0, lora_only=True)
+    spec = projection_for(model, "countsketch", dim, 0, target="lora")
     pool, query = checkpoint_extractor(decoders, spec, adam=True), checkpoint_extractor(decoders, spec)
     start = time.perf_counter()
     rows = compute_gradients(pool, enc, 16).numpy()

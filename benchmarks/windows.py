@@ -71,7 +71,7 @@ def main() -> None:
     labels = np.array([""] * len(texts) + [r["planted"] for r in plants])
     decoders = load_checkpoint_decoders(base_model_record(Paths(cfg.home_path)))
     model, tok, _ = decoders[-1]
-    spec = projection_for(model, "countsketch", cfg.projection.dim, cfg.projection.seed, lora_only=True)
+    spec = projection_for(model, "countsketch", cfg.projection.dim, cfg.projection.seed, target="lora")
     pool, query = checkpoint_extractor(decoders, spec, adam=True), checkpoint_extractor(decoders, spec)
     samples = tokenize_for_loss(tok, corpus, cfg.model.max_length)
     probes = compute_gradients(query, tokenize_for_loss(tok, [f"{t} {c}" for t, c in PROBES.values()], cfg.model.max_length,

@@ -60,7 +60,10 @@ class ProjectionConfig(_Section):
     normalize_modules: bool = Field(False, description="unit-normalize each module block before concatenation")
     batch_size: int = Field(16, ge=1, description="samples per batch when extracting gradients (store rows and queries) and in the LoRA warm-up")
     out_of_process: bool = Field(False, description="extract each shard in its own process through Dagster Pipes")
-    target: Literal["weights", "lora"] = Field("lora", description="gradients of every Linear weight, or of LoRA adapters")
+    target: Literal["weights", "lora", "head"] = Field(
+        "lora", description="gradients of every Linear weight but the output head, of LoRA adapters, or of the output head "
+        "alone (one forward pass and the logits' gradient per sample; on the LDS benchmark it predicted retraining best of "
+        "the gradient teachers, docs/results.md)")
     lora_rank: int = Field(8, ge=1, description="rank of the LoRA adapters on every Linear/Conv1D but the output head (target = 'lora')")
     lora_warmup_steps: int = Field(100, ge=0, description="AdamW steps that train the adapters before any gradient is taken")
     lora_lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA warm-up")
@@ -72,7 +75,7 @@ class ProjectionConfig(_Section):
     checkpoints: int = Field(3, ge=1, le=16, description="training states whose gradients make a store row (each dim wide), their "
                              "cosines averaged as in LESS: the tiny decoder's epochs, geometrically spaced (8 epochs, 3 "
                              "checkpoints: 2, 4, 8), each with its own LoRA warm-up; for a local model, evenly spaced steps "
-                             "of the LoRA warm-up (a local model with target = 'weights' has one state). Store size and "
+                             "of the LoRA warm-up (a local model with target = 'weights' or 'head' has one state). Store size and "
                              "extraction time grow with it")
 
     @model_validator(mode="after")

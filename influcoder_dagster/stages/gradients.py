@@ -54,7 +54,7 @@ def _extract_shard(cfg: Config, paths: Paths, base: dict[str, Any], name: str, f
     """Fill the shard's rows that are not done yet; returns the store and how many rows were computed."""
     p = cfg.projection
     decoders = load_checkpoint_decoders(base)
-    spec = projection_for(decoders[-1][0], p.kind, p.dim, p.seed, p.normalize_modules, lora_only=base.get("adapter") is not None)
+    spec = projection_for(decoders[-1][0], p.kind, p.dim, p.seed, p.normalize_modules, target=p.target)
     extractor = pool_extractor(decoders, spec, cfg)
     store = GradientStore.create(paths.gradients, spec.to_json(), base["model_hash"], dim=extractor.dim,
                                  requested=requested_projection(cfg), checkpoints=len(decoders))

@@ -25,16 +25,20 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def trackable_modules(model: PreTrainedModel, include_lm_head: bool = False, lora_only: bool = False) -> list[tuple[str, int, int]]:
-    """``(name, d_in, d_out)`` of every Linear and GPT-2 Conv1D (whose weight is stored in x out);
-    with ``lora_only``, of the LoRA adapters' A and B matrices only."""
+def trackable_modules(model: PreTrainedModel, target: str = "weights") -> list[tuple[str, int, int]]:
+    """``(name, d_in, d_out)`` of what ``target`` attributes: every Linear and GPT-2 Conv1D (whose
+    weight is stored in x out) but the output head (``weights``), the LoRA adapters' A and B
+    matrices (``lora``), or the output head alone (``head``: its gradient needs no backward pass
+    past the logits)."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
+    if target not in ("weights", "lora", "head"):
+        raise ConfigError(f"projection.target={target!r}: use 'weights', 'lora' or 'head'")
     out = []
     head = model.get_output_embeddings()
     for name, mod in model.named_modules():
-        if (mod is head and not include_lm_head) or lora_only != is_lora_module(name):
+        if (mod is head) != (target == "head") or (target == "lora") != is_lora_module(name):
             continue
         if isinstance(mod, torch.nn.Linear):
             out.append((name, mod.in_features, mod.out_features))
@@ -44,8 +48,8 @@ def trackable_modules(model: PreTrainedModel, include_lm_head: bool = False, lor
 
 
 def projection_for(model: PreTrainedModel, kind: str, dim: int, seed: int, normalize_modules: bool = False,
-                   lora_only: bool = False) -> ProjectionSpec:
-    return plan_projection(kind, dim, seed, trackable_modules(model, lora_only=lora_only), normalize_modules)
+                   target: str = "weights") -> ProjectionSpec:
+    return plan_projection(kind, dim, seed, trackable_modules(model, target), normalize_modules)
 
 
 class RowExtractor(Protocol):

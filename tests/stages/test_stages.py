@@ -184,3 +184,28 @@ def test_a_tiny_decoders_checkpoints_are_its_earlier_epochs_each_with_its_own_wa
     shards = run_all_shards(cfg, progress=False)
     assert open_store(Paths(cfg.home_path)).dim == 3 * 64 and shards.metadata["gradient_rows"] == 40
     assert run_base_model(cfg).data_version == base.data_version  # reused, not retrained
+
+
+def test_the_head_target_stores_the_output_heads_gradient_and_a_query_of_a_stored_text_matches_its_row(tmp_path, local_lm):
+    from influcoder_dagster.stages.rankings import run_influence_rankings
+    from influcoder_dagster.teacher.base_model import base_model_record
+    from influcoder_dagster.teacher.projection import ProjectionSpec
+    from influcoder_dagster.teacher.query_gradients import QueryGradients
+
+    texts = [f"sample number {i} talks about topic {i % 7}." for i in range(30)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = Config.model_validate({"home": str(tmp_path / "home"), "dataset": {"path": str(data)},
+                                 "model": {"base_model": str(local_lm), "max_length": 32},
+                                 "projection": {"dim": 256, "kind": "countsketch", "target": "head", "adam_precondition": False},
+                                 "rankings": {"anchor_fraction": 0.2, "eval_pool_size": 10}})
+    assert not run_base_model(cfg).metadata["adapter"]  # no warm-up: the head's gradient needs no adapters
+    run_all_shards(cfg, progress=False)
+    paths = Paths(cfg.home_path)
+    store = open_store(paths)
+    assert [m["name"] for m in store.manifest["projection"]["modules"]] == ["lm_head"] and store.dim == 256
+    ids, rows = (np.concatenate(parts) for parts in zip(*store.iter_blocks(64), strict=True))
+    query = QueryGradients(base_model_record(paths), ProjectionSpec.from_json(store.manifest["projection"]), 32).of_texts([texts[5]])[0]
+    cosines = rows.astype(np.float32) @ query / (np.linalg.norm(rows.astype(np.float32), axis=1) * np.linalg.norm(query))
+    assert cosines.max() > 0.999 and np.sort(cosines)[-2] < 0.999  # its own row, and only it
+    assert run_influence_rankings(cfg, progress=False).metadata["score_rows_written"] > 0

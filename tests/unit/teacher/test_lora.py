@@ -30,14 +30,14 @@ def test_fresh_adapters_have_zero_gradient_for_a_and_warm_ones_do_not(tiny_lm, w
     model, tok = tiny_lm
     enc = tokenize_for_loss(tok, TEXTS, 64)
     fresh = add_adapters(copy.deepcopy(model), rank=4)
-    spec = projection_for(fresh, "countsketch", 256, seed=0, lora_only=True)
+    spec = projection_for(fresh, "countsketch", 256, seed=0, target="lora")
     names = [m.name for m in spec.modules]
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     a_cols = torch.cat([torch.arange(m.offset, m.offset + m.width) for m in spec.modules if ".lora_A." in m.name])
     cold = GradientExtractor(fresh, spec, tok.pad_token_id).batch(enc)
     assert cold[:, a_cols].abs().max() == 0  # the trap: B = 0 makes every gradient w.r.t. A vanish
     warm_model, _, _ = warmed
-    warm = GradientExtractor(warm_model, projection_for(warm_model, "countsketch", 256, seed=0, lora_only=True), tok.pad_token_id).batch(enc)
+    warm = GradientExtractor(warm_model, projection_for(warm_model, "countsketch", 256, seed=0, target="lora"), tok.pad_token_id).batch(enc)
     assert warm[:, a_cols].abs().max() > 0
 
 
@@ -46,7 +46,7 @@ def test_fresh_adapters_have_zero_gradient_for_a_and_warm_ones_do_not(tiny_lm, w
 def test_batched_lora_gradients_equal_the_per_sample_reference(tiny_lm, warmed, kind):
     model, tok, _ = warmed
     enc = tokenize_for_loss(tok, TEXTS, 64)
-    spec = projection_for(model, kind, 512, seed=1, lora_only=True)
+    spec = projection_for(model, kind, 512, seed=1, target="lora")
     assert len(spec.modules) == 2 * len(trackable_modules(tiny_lm[0]))  # A and B on every Linear/Conv1D but the head
     ex = GradientExtractor(model, spec, tok.pad_token_id)
     batched = ex.batch(enc)
@@ -59,7 +59,7 @@ def test_batched_lora_gradients_equal_the_per_sample_reference(tiny_lm, warmed, 
 def test_adam_preconditioned_gradients_follow_less_formula(warmed, momentum):
     model, tok, adapter = warmed
     enc = tokenize_for_loss(tok, TEXTS, 64)
-    spec = projection_for(model, "countsketch", 512, seed=2, lora_only=True)
+    spec = projection_for(model, "countsketch", 512, seed=2, target="lora")
     state = adam_state(adapter, momentum)
     assert set(state) == {m.name for m in spec.modules}
     ex = GradientExtractor(model, spec, tok.pad_token_id, adam=state)
