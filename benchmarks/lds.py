@@ -297,7 +297,7 @@ def method_dim(name: str, home: Path, store_dim: int) -> int | None:
         from influcoder_dagster.core.paths import Paths
         from influcoder_dagster.teacher.store import open_store
 
-        return open_store(Paths(home.parent / name.removeprefix("teacher:") / "home")).dim
+        return open_store(Paths(other_home(home.parent, name.removeprefix("teacher:"), HOME_VARIANTS[name]))).dim
     if name in VARIANTS:
         _, _, states, per_state, _ = VARIANTS[name]
         from influcoder_dagster.core.config import ProjectionConfig
@@ -353,6 +353,8 @@ def main() -> None:
     started, measured = time.perf_counter(), provenance("benchmarks/lds.py")
     wanted = args.n + args.queries  # distinct passages: the pipeline quarantines a repeated text
     real = list(dict.fromkeys(real_passages(args.corpus, 2 * wanted, short=True)))[:wanted]
+    if len(real) < wanted:
+        sys.exit(f"{args.corpus} holds {len(real)} distinct short passages among its first {2 * wanted}; --n + --queries asks {wanted}")
     rows = [{"text": t, "behaviour": ""} for t in real[: args.n]] + planted_behaviour(real[: args.n])
     rows = [{**r, "i": i} for i, r in enumerate(rows)]
     corpus, planted = [r["text"] for r in rows], np.array([r["behaviour"] == "planted" for r in rows])

@@ -204,7 +204,7 @@ def test_the_head_target_stores_the_output_heads_gradient_and_a_query_of_a_store
     paths = Paths(cfg.home_path)
     store = open_store(paths)
     assert [m["name"] for m in store.manifest["projection"]["modules"]] == ["lm_head"] and store.dim == 256
-    ids, rows = (np.concatenate(parts) for parts in zip(*store.iter_blocks(64), strict=True))
+    rows = np.concatenate([block for _, block in store.iter_blocks(64)])
     query = QueryGradients(base_model_record(paths), ProjectionSpec.from_json(store.manifest["projection"]), 32).of_texts([texts[5]])[0]
     cosines = rows.astype(np.float32) @ query / (np.linalg.norm(rows.astype(np.float32), axis=1) * np.linalg.norm(query))
     assert cosines.max() > 0.999 and np.sort(cosines)[-2] < 0.999  # its own row, and only it
