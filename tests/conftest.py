@@ -31,6 +31,21 @@ sketch_epochs = 1
 """
 
 
+def head_gradient_reference(model, projector, enc, scale=None):
+    """One sample's output-head gradient by plain autograd on a separate copy of the head applied to
+    the final hidden states (its vocabulary rows times ``scale``), projected by ``projector``."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor([enc.input_ids])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+    weight = model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
+    start = max(enc.loss_start, 1)
+    F.cross_entropy((hidden @ weight.T)[start - 1:-1], ids[0, start:]).backward()
+    return projector.project_full("lm_head", weight.grad if scale is None else scale[:, None] * weight.grad)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     """A randomly initialised 2-layer GPT-2 with a BPE tokenizer trained on a few sentences."""

@@ -65,15 +65,19 @@ class GradientExtractor:
     """Projected per-sample gradients for batches of :class:`Encoded` samples."""
 
     def __init__(self, model: PreTrainedModel, spec: ProjectionSpec, pad_token_id: int,
-                 adam: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+                 adam: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 output_scale: dict[str, torch.Tensor] | None = None) -> None:
         """``adam``: module name -> the warm-up's (exp_avg, exp_avg_sq); those modules' per-sample
         gradients are formed in full and turned into the Adam update direction before the
-        projection (CountSketch only: LoGra would project the input before the gradient exists)."""
+        projection (CountSketch only: LoGra would project the input before the gradient exists).
+        ``output_scale``: module name -> a (d_out,) vector multiplying its output gradients before
+        the projection, a diagonal preconditioner of the query side (``teacher.logit_fisher``)."""
         self.model = model.eval()
         self.spec = spec
         self.projector = Projector(spec)
         self.pad_token_id = pad_token_id
         self.adam = adam or {}
+        self.output_scale = output_scale or {}
         if self.adam and spec.kind != "countsketch":
             raise ConfigError("Adam preconditioning needs projection.kind = 'countsketch'")
         for p in model.parameters():
@@ -132,6 +136,8 @@ class GradientExtractor:
                 block = 0
                 for x in self._inputs[name]:
                     delta = next(g)
+                    if delta is not None and name in self.output_scale:
+                        delta = delta * self.output_scale[name]
                     if delta is not None and name in self.adam:  # summed over tokens first: Adam acts on the sample's gradient
                         block = block + torch.einsum("bto,bti->boi", delta, x)
                     elif delta is not None:

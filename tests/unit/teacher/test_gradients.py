@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import head_gradient_reference
 
 from influcoder_dagster.data.tokens import Encoded, tokenize_for_loss
 from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for, trackable_modules
@@ -83,21 +84,11 @@ def test_linear_layers_of_a_llama_model_work_too():
 def test_head_target_is_the_output_heads_own_gradient(tiny_lm, kind):
     """The output head's weight is tied to the input embeddings; the head target is its use as the
     output map only: the gradient of a separate copy of it applied to the final hidden states."""
-    import torch.nn.functional as F
-
     model, tok = tiny_lm
     spec = projection_for(model, kind, 512, seed=0, target="head")
     assert [m.name for m in spec.modules] == ["lm_head"]
     ex = GradientExtractor(model, spec, tok.pad_token_id)
     enc = tokenize_for_loss(tok, TEXTS, 64, prompts=[None, None, "sample number 12"])
-    refs = []
-    for e in enc:
-        ids = torch.tensor([e.input_ids])
-        with torch.no_grad():
-            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-        weight = model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
-        start = max(e.loss_start, 1)
-        F.cross_entropy((hidden @ weight.T)[start - 1:-1], ids[0, start:]).backward()
-        refs.append(ex.projector.project_full("lm_head", weight.grad))
-    batched, ref = ex.batch(enc), torch.stack(refs)
+    ref = torch.stack([head_gradient_reference(model, ex.projector, e) for e in enc])
+    batched = ex.batch(enc)
     assert ((batched - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
