@@ -122,11 +122,12 @@ VARIANTS = {  # name -> (target, Adam direction for pool rows, checkpoints: all 
     "teacher:weights_head": ("weights+head", False, "all", 2048, "cosine"), "teacher:head": ("head", False, "all", 2048, "cosine"),
     "teacher:head_dim8192": ("head", False, "all", 8192, "cosine"), "teacher:head_final": ("head", False, "final", 2048, "cosine"),
     "teacher:head_logit_fisher": ("head", False, "all", 2048, "logit_fisher"),
+    "teacher:head_logit_fisher_dim8192": ("head", False, "all", 8192, "logit_fisher"),
 }
 # targets: "lora" (the adapters), "weights" (every Linear/Conv1D but the output head), "weights+head" (and the
 # output head, whose gradient sum_t (p_t - y_t) h_t^T says which tokens a sample teaches), "head" (the output head only).
-# scores: "cosine", "dot", or "logit_fisher" (cosine, the query side preconditioned by the diagonal of the logits'
-# Fisher over the training rows, ``teacher.logit_fisher``, damping 0.1)
+# scores: "cosine", "dot", or "logit_fisher" (cosine of rows whitened by the diagonal of the logits' Fisher over the
+# training rows, ``teacher.logit_fisher``, as ``projection.logit_fisher`` does)
 
 SEED_ENSEMBLES = {"teacher:seeds3": 3}  # name -> decoders trained from that many seeds, the default teacher on each
 HOME_VARIANTS = {"teacher:checkpoints4": "[projection]\ncheckpoints = 4\n"}  # name -> the one setting its own pipeline home changes
@@ -144,7 +145,7 @@ def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: lis
     from influcoder_dagster.teacher.checkpoints import checkpoints_of
     from influcoder_dagster.teacher.decoder import load_decoder
     from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients
-    from influcoder_dagster.teacher.logit_fisher import logit_fisher_sums, query_scale
+    from influcoder_dagster.teacher.logit_fisher import logit_fisher_sums, row_scale
     from influcoder_dagster.teacher.lora import adam_state
     from influcoder_dagster.teacher.projection import plan_projection
     from influcoder_dagster.teacher.scoring import full_scores
@@ -156,10 +157,10 @@ def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: lis
         adapter = c.adapter if target == "lora" else None
         model, tok = load_decoder(c.path, adapter)
         spec = plan_projection("countsketch", dim, 0, tracked_modules(model, target))
-        pool = GradientExtractor(model, spec, tok.pad_token_id, adam_state(Path(adapter), False) if adam and adapter else None)
         train = tokenize_for_loss(tok, corpus, 128)
+        scale = {"lm_head": torch.from_numpy(row_scale(*logit_fisher_sums(model, train, tok.pad_token_id)))} if score == "logit_fisher" else None
+        pool = GradientExtractor(model, spec, tok.pad_token_id, adam_state(Path(adapter), False) if adam and adapter else None, scale)
         rows = compute_gradients(pool, train, 16).numpy()
-        scale = {"lm_head": torch.from_numpy(query_scale(*logit_fisher_sums(model, train, tok.pad_token_id), 0.1))} if score == "logit_fisher" else None
         query = GradientExtractor(model, spec, tok.pad_token_id, output_scale=scale)
         queries = compute_gradients(query, tokenize_for_loss(tok, texts, 128, prompts), 16).numpy()
         total += queries.astype(np.float64) @ rows.T if score == "dot" else full_scores(queries, rows)

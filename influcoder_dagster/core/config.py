@@ -64,6 +64,9 @@ class ProjectionConfig(_Section):
         "lora", description="gradients of every Linear weight but the output head, of LoRA adapters, or of the output head "
         "alone (one forward pass and the logits' gradient per sample; on the LDS benchmark it predicted retraining best of "
         "the gradient teachers, docs/results.md)")
+    logit_fisher: bool = Field(False, description="target = 'head': scale every row's vocabulary rows by the inverse square root "
+                               "of the logits' Fisher diagonal over the corpus's tokens (influence with a diagonal K-FAC output factor; "
+                               "estimated once per checkpoint by the base_model stage)")
     lora_rank: int = Field(8, ge=1, description="rank of the LoRA adapters on every Linear/Conv1D but the output head (target = 'lora')")
     lora_warmup_steps: int = Field(100, ge=0, description="AdamW steps that train the adapters before any gradient is taken")
     lora_lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA warm-up")
@@ -83,6 +86,8 @@ class ProjectionConfig(_Section):
         if self.adam_precondition and (self.target != "lora" or self.kind != "countsketch"):
             raise ValueError("projection.adam_precondition needs target = 'lora' (its optimizer state) and kind = 'countsketch'; "
                              "set projection.adam_precondition = false to use another target or kind")
+        if self.logit_fisher and self.target != "head":
+            raise ValueError("projection.logit_fisher scales the output head's gradient: it needs projection.target = 'head'")
         return self
 
 

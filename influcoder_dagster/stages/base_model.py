@@ -12,9 +12,11 @@ from influcoder_dagster.core.hashing import short_hash
 from influcoder_dagster.core.paths import Paths
 from influcoder_dagster.data.dataset import all_texts, read_dataset
 from influcoder_dagster.data.source import data_tag, dataset_files
+from influcoder_dagster.data.tokens import tokenize_for_loss
 from influcoder_dagster.stages.result import StageResult
 from influcoder_dagster.teacher.base_model import write_base_model_record
 from influcoder_dagster.teacher.decoder import load_decoder, model_dir_hash, resolve_base_model, tiny_model_key
+from influcoder_dagster.teacher.logit_fisher import logit_fisher_hash, logit_fisher_sums, write_logit_fisher
 from influcoder_dagster.teacher.lora import LoraRecipe, snapshot_folders, warm_up
 
 
@@ -29,7 +31,8 @@ def teacher_recipe(cfg: Config) -> dict[str, Any]:
     """What the base model stage trains for the teacher beside the decoder: its checkpoints and LoRA warm-up."""
     p = cfg.projection
     lora = p.model_dump(include={"lora_rank", "lora_warmup_steps", "lora_lr", "seed"}) if p.target == "lora" else {}
-    return {"target": p.target, "checkpoints": checkpoint_count(cfg), **lora}
+    head = {"logit_fisher": p.logit_fisher} if p.target == "head" else {}
+    return {"target": p.target, "checkpoints": checkpoint_count(cfg), **lora, **head}
 
 
 def base_model_version(cfg: Config) -> str:
@@ -56,9 +59,13 @@ def run_base_model(cfg: Config) -> StageResult:
     checkpoints = [{"path": str(path), "adapter": None, "model_hash": h} for path, h in states]
     if p.target == "lora":
         checkpoints = _warm_adapters(cfg, checkpoints, texts, paths, snapshots=info.kind == "local")
+    if p.logit_fisher:
+        checkpoints = [_with_logit_fisher(cfg, c, texts, paths) for c in checkpoints]
     final = checkpoints[-1]
     record: dict[str, Any] = {"path": str(info.path), "model_hash": final["model_hash"], "kind": info.kind, "n_params": info.n_params,
                               "weights_hash": info.model_hash, "adapter": final["adapter"]}
+    if p.logit_fisher:
+        record["logit_fisher"] = final["logit_fisher"]
     if p.target == "lora":
         record.update(adapter_hash=final["adapter_hash"], lora_rank=p.lora_rank, lora_warmup_steps=p.lora_warmup_steps)
     if len(checkpoints) > 1:  # model_hash then names every state the rows come from
@@ -83,3 +90,15 @@ def _warm_adapters(cfg: Config, checkpoints: list[dict[str, Any]], texts: Any, p
             adapter_hash = model_dir_hash(adapter)
             out.append({**c, "adapter": str(adapter), "adapter_hash": adapter_hash, "model_hash": short_hash(c["model_hash"], adapter_hash)})
     return out
+
+
+def _with_logit_fisher(cfg: Config, checkpoint: dict[str, Any], texts: Any, paths: Paths) -> dict[str, Any]:
+    """The checkpoint with its logits' Fisher diagonal over the corpus's tokens (``teacher.logit_fisher``),
+    computed once per (state, corpus, length); its hash joins the checkpoint's ``model_hash``, so rows
+    whitened by another estimate are never reused."""
+    path = paths.models / f"logit-fisher-{short_hash(checkpoint['model_hash'], data_tag(cfg), cfg.model.max_length)}.npz"
+    if not path.is_file():
+        model, tokenizer = load_decoder(checkpoint["path"])
+        samples = tokenize_for_loss(tokenizer, texts(), cfg.model.max_length)
+        write_logit_fisher(path, *logit_fisher_sums(model, samples, tokenizer.pad_token_id, cfg.projection.batch_size))
+    return {**checkpoint, "logit_fisher": str(path), "model_hash": short_hash(checkpoint["model_hash"], logit_fisher_hash(path))}

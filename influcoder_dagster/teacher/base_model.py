@@ -9,7 +9,7 @@ from influcoder_dagster.core.atomic import read_json, write_json
 from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 
-PATH_KEYS = ("path", "adapter")  # stored relative to the storage root when inside it, so the root can move
+PATH_KEYS = ("path", "adapter", "logit_fisher")  # stored relative to the storage root when inside it, so the root can move
 
 
 def _map_paths(entry: dict[str, Any], change: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from influcoder_dagster.teacher.decoder import load_decoder
 from influcoder_dagster.teacher.gradients import GradientExtractor
+from influcoder_dagster.teacher.logit_fisher import read_row_scale
 from influcoder_dagster.teacher.lora import adam_state
 
 if TYPE_CHECKING:
@@ -34,17 +35,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One training state the teacher scores: a decoder folder, and its LoRA adapters (with their
-    Adam state) when the teacher attributes adapters."""
+    """One training state the teacher scores: a decoder folder, its LoRA adapters (with their Adam
+    state) when the teacher attributes adapters, and its logits' Fisher diagonal when the head's
+    rows are whitened by it (``teacher.logit_fisher``)."""
 
     path: str
     adapter: str | None
+    logit_fisher: str | None = None
 
 
 def checkpoints_of(base: dict[str, Any]) -> list[Checkpoint]:
     """The base model record's checkpoints, oldest first; a record without any is its one final state."""
-    entries = base.get("checkpoints") or [{"path": base["path"], "adapter": base.get("adapter")}]
-    return [Checkpoint(str(e["path"]), e.get("adapter")) for e in entries]
+    entries = base.get("checkpoints") or [base]
+    return [Checkpoint(str(e["path"]), e.get("adapter"), e.get("logit_fisher")) for e in entries]
 
 
 class CheckpointExtractor:
@@ -74,8 +77,21 @@ def load_checkpoint_decoders(base: dict[str, Any]) -> list[tuple[Any, Any, Check
 
 def checkpoint_extractor(decoders: list[tuple[Any, Any, Checkpoint]], spec: ProjectionSpec, adam: bool = False,
                          adam_momentum: bool = False) -> CheckpointExtractor:
-    """The extractor over ``decoders``; with ``adam``, each checkpoint's rows in its own warm-up's Adam direction."""
+    """The extractor over ``decoders``; with ``adam``, each checkpoint's rows in its own warm-up's Adam
+    direction; a checkpoint with a logits' Fisher diagonal has its output head's gradient whitened by it."""
     extractors = [GradientExtractor(model, spec, tokenizer.pad_token_id,
-                                    adam_state(Path(c.adapter), adam_momentum) if adam and c.adapter else None)
+                                    adam_state(Path(c.adapter), adam_momentum) if adam and c.adapter else None,
+                                    head_whitening(model, c))
                   for model, tokenizer, c in decoders]
     return CheckpointExtractor(extractors)
+
+
+def head_whitening(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor] | None:
+    """``{output head's name: its row scale}`` for the extractor's ``output_scale``, or None."""
+    if checkpoint.logit_fisher is None:
+        return None
+    import torch
+
+    head = model.get_output_embeddings()
+    name = next(n for n, m in model.named_modules() if m is head)
+    return {name: torch.from_numpy(read_row_scale(checkpoint.logit_fisher))}

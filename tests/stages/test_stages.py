@@ -186,7 +186,8 @@ def test_a_tiny_decoders_checkpoints_are_its_earlier_epochs_each_with_its_own_wa
     assert run_base_model(cfg).data_version == base.data_version  # reused, not retrained
 
 
-def test_the_head_target_stores_the_output_heads_gradient_and_a_query_of_a_stored_text_matches_its_row(tmp_path, local_lm):
+@pytest.mark.parametrize("logit_fisher", [False, True])
+def test_the_head_target_stores_the_output_heads_gradient_and_a_query_of_a_stored_text_matches_its_row(tmp_path, local_lm, logit_fisher):
     from influcoder_dagster.stages.rankings import run_influence_rankings
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.projection import ProjectionSpec
@@ -197,7 +198,8 @@ def test_the_head_target_stores_the_output_heads_gradient_and_a_query_of_a_store
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     cfg = Config.model_validate({"home": str(tmp_path / "home"), "dataset": {"path": str(data)},
                                  "model": {"base_model": str(local_lm), "max_length": 32},
-                                 "projection": {"dim": 256, "kind": "countsketch", "target": "head", "adam_precondition": False},
+                                 "projection": {"dim": 256, "kind": "countsketch", "target": "head", "adam_precondition": False,
+                                                "logit_fisher": logit_fisher},
                                  "rankings": {"anchor_fraction": 0.2, "eval_pool_size": 10}})
     assert not run_base_model(cfg).metadata["adapter"]  # no warm-up: the head's gradient needs no adapters
     run_all_shards(cfg, progress=False)
@@ -205,7 +207,12 @@ def test_the_head_target_stores_the_output_heads_gradient_and_a_query_of_a_store
     store = open_store(paths)
     assert [m["name"] for m in store.manifest["projection"]["modules"]] == ["lm_head"] and store.dim == 256
     rows = np.concatenate([block for _, block in store.iter_blocks(64)])
-    query = QueryGradients(base_model_record(paths), ProjectionSpec.from_json(store.manifest["projection"]), 32).of_texts([texts[5]])[0]
-    cosines = rows.astype(np.float32) @ query / (np.linalg.norm(rows.astype(np.float32), axis=1) * np.linalg.norm(query))
+    base, spec = base_model_record(paths), ProjectionSpec.from_json(store.manifest["projection"])
+    cosine = lambda q: rows.astype(np.float32) @ q / (np.linalg.norm(rows.astype(np.float32), axis=1) * np.linalg.norm(q))  # noqa: E731
+    cosines = cosine(QueryGradients(base, spec, 32).of_texts([texts[5]])[0])
     assert cosines.max() > 0.999 and np.sort(cosines)[-2] < 0.999  # its own row, and only it
+    assert bool(base.get("logit_fisher")) == logit_fisher
+    if logit_fisher:  # the rows are whitened: the same text's plain head gradient is another vector
+        plain = QueryGradients({k: v for k, v in base.items() if k != "logit_fisher"}, spec, 32).of_texts([texts[5]])[0]
+        assert cosine(plain)[np.argmax(cosines)] < 0.99
     assert run_influence_rankings(cfg, progress=False).metadata["score_rows_written"] > 0
