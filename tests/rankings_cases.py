@@ -18,7 +18,8 @@ FILES = {
 
 
 WEIGHTS_TEACHER = {"dim": 256, "kind": "logra", "target": "weights", "adam_precondition": False}  # corpus-independent
-DEFAULT_TEACHER = {"dim": 256, "lora_warmup_steps": 10}  # LoRA + Adam, as shipped; the warm-up kept short
+DEFAULT_TEACHER = {"dim": 256}  # the output head whitened by the logits' Fisher diagonal, as shipped
+LORA_ADAM_TEACHER = {"dim": 256, "target": "lora", "adam_precondition": True, "lora_warmup_steps": 10}  # LESS; the warm-up kept short
 
 
 def configure(home, data_dir, names, lm, precondition=False, projection=WEIGHTS_TEACHER):

@@ -61,16 +61,16 @@ class ProjectionConfig(_Section):
     batch_size: int = Field(16, ge=1, description="samples per batch when extracting gradients (store rows and queries) and in the LoRA warm-up")
     out_of_process: bool = Field(False, description="extract each shard in its own process through Dagster Pipes")
     target: Literal["weights", "lora", "head"] = Field(
-        "lora", description="gradients of every Linear weight but the output head, of LoRA adapters, or of the output head "
-        "alone (one forward pass and the logits' gradient per sample; on the LDS benchmark it predicted retraining best of "
-        "the gradient teachers, docs/results.md)")
-    logit_fisher: bool = Field(False, description="target = 'head': scale every row's vocabulary rows by the inverse square root "
-                               "of the logits' Fisher diagonal over the corpus's tokens (influence with a diagonal K-FAC output factor; "
-                               "estimated once per checkpoint by the base_model stage)")
+        "head", description="gradients of the output head alone (one forward pass and the logits' gradient per sample; "
+        "with logit_fisher, the teacher that predicted retraining best on the LDS benchmark and found the planted samples, "
+        "docs/results.md), of LoRA adapters, or of every Linear weight but the output head")
+    logit_fisher: bool = Field(True, description="with target = 'head': whiten every row's vocabulary rows by the inverse square "
+                               "root of the logits' Fisher diagonal over the corpus's tokens (influence with a diagonal K-FAC "
+                               "output factor), estimated once per checkpoint by the base_model stage")
     lora_rank: int = Field(8, ge=1, description="rank of the LoRA adapters on every Linear/Conv1D but the output head (target = 'lora')")
     lora_warmup_steps: int = Field(100, ge=0, description="AdamW steps that train the adapters before any gradient is taken")
     lora_lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA warm-up")
-    adam_precondition: bool = Field(True, description="pool gradients as the warm-up's Adam update direction (LESS); "
+    adam_precondition: bool = Field(False, description="pool gradients as the warm-up's Adam update direction (LESS); "
                                     "needs target = 'lora' and kind = 'countsketch'")
     adam_momentum: bool = Field(False, description="with adam_precondition, keep the warm-up's first moment in pool rows "
                                 "(LESS: m'/sqrt(v')); false (default): g/sqrt(v') only, Adam's diagonal preconditioner "
@@ -86,9 +86,14 @@ class ProjectionConfig(_Section):
         if self.adam_precondition and (self.target != "lora" or self.kind != "countsketch"):
             raise ValueError("projection.adam_precondition needs target = 'lora' (its optimizer state) and kind = 'countsketch'; "
                              "set projection.adam_precondition = false to use another target or kind")
-        if self.logit_fisher and self.target != "head":
-            raise ValueError("projection.logit_fisher scales the output head's gradient: it needs projection.target = 'head'")
+        if self.logit_fisher and self.target != "head" and "logit_fisher" in self.model_fields_set:
+            raise ValueError("projection.logit_fisher whitens the output head's gradient: it needs projection.target = 'head'")
         return self
+
+    @property
+    def whitens_head(self) -> bool:
+        """Whether rows are whitened by the logits' Fisher diagonal (``logit_fisher`` applies to the head target only)."""
+        return self.logit_fisher and self.target == "head"
 
 
 class RankingConfig(_Section):

@@ -59,12 +59,12 @@ def run_base_model(cfg: Config) -> StageResult:
     checkpoints = [{"path": str(path), "adapter": None, "model_hash": h} for path, h in states]
     if p.target == "lora":
         checkpoints = _warm_adapters(cfg, checkpoints, texts, paths, snapshots=info.kind == "local")
-    if p.logit_fisher:
+    if p.whitens_head:
         checkpoints = [_with_logit_fisher(cfg, c, texts, paths) for c in checkpoints]
     final = checkpoints[-1]
     record: dict[str, Any] = {"path": str(info.path), "model_hash": final["model_hash"], "kind": info.kind, "n_params": info.n_params,
                               "weights_hash": info.model_hash, "adapter": final["adapter"]}
-    if p.logit_fisher:
+    if p.whitens_head:
         record["logit_fisher"] = final["logit_fisher"]
     if p.target == "lora":
         record.update(adapter_hash=final["adapter_hash"], lora_rank=p.lora_rank, lora_warmup_steps=p.lora_warmup_steps)

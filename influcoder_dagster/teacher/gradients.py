@@ -71,7 +71,7 @@ class GradientExtractor:
         gradients are formed in full and turned into the Adam update direction before the
         projection (CountSketch only: LoGra would project the input before the gradient exists).
         ``output_scale``: module name -> a (d_out,) vector multiplying its output gradients before
-        the projection, a diagonal preconditioner of the query side (``teacher.logit_fisher``)."""
+        the projection: a diagonal preconditioner (``teacher.logit_fisher`` whitens both sides with it)."""
         self.model = model.eval()
         self.spec = spec
         self.projector = Projector(spec)

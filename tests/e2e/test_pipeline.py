@@ -93,7 +93,7 @@ def test_the_registered_encoder_reloads_from_mlflow_with_the_same_embeddings(pip
     from influcoder_dagster.teacher.rankings_db import connect_readonly
     from influcoder_dagster.teacher.store import open_store
 
-    data, _, _ = load_eval_set(connect_readonly(home), 10, anchors_as_queried=False)  # Adam pool rows, stored anchors
+    data, _, _ = load_eval_set(connect_readonly(home), 10, anchors_as_queried=True)  # the head teacher: an anchor's row is its query
     assert data.as_queried is not None and data.as_queried.shape == data.teacher.shape
     sketch = tracking.load_sketch("influcoder-encoder", version, home / "reloaded_sketch")
     store = open_store(Paths(home))

@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
-from rankings_cases import DEFAULT_TEACHER, assert_same_rankings, build, configure, lists, pair_scores
+from rankings_cases import DEFAULT_TEACHER, LORA_ADAM_TEACHER, assert_same_rankings, build, configure, lists, pair_scores
 
 from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
@@ -53,20 +53,21 @@ def test_nothing_new_scores_nothing_and_preconditioning_changes_the_ranking(tmp_
 
 
 @pytest.mark.slow
-def test_with_the_default_lora_adam_teacher_an_update_equals_a_rebuild_on_the_same_adapters(tmp_path, local_lm):
-    first = build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl"], local_lm, projection=DEFAULT_TEACHER)
+@pytest.mark.parametrize("teacher", [DEFAULT_TEACHER, LORA_ADAM_TEACHER], ids=["head_logit_fisher", "lora_adam"])
+def test_an_update_equals_a_rebuild_on_the_same_base_model_statistics(tmp_path, local_lm, teacher):
+    first = build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl"], local_lm, projection=teacher)
     cache = open_store(Paths(tmp_path / "inc")).root / CEILING_POOL_CACHE
     pool_rows = dict(np.load(cache))
-    added = build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, projection=DEFAULT_TEACHER)
+    added = build(tmp_path / "inc", tmp_path / "inc-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, projection=teacher)
     assert added.metadata["mode"] == "incremental" and added.metadata["anchors_heldout"] > first.metadata["anchors_heldout"]
     # The new held-out anchors' ceiling rows were extracted; the pool's were read back, not re-extracted.
     with connect_readonly(tmp_path / "inc") as con:
         pool = con.execute("SELECT DISTINCT sample_id FROM scores WHERE kind = 'eval_ceiling'").fetchall()
     assert sorted(int(q) for q in pool_rows["query_id"]) == sorted(p for (p,) in pool)
     assert all(np.array_equal(pool_rows[k], v) for k, v in np.load(cache).items())
-    # The adapters are warmed up on the corpus present when base_model ran: the rebuild reuses them.
+    # The adapters and the logits' Fisher are estimated on the corpus present when base_model ran: the rebuild reuses them.
     shutil.copytree(tmp_path / "inc" / "models", tmp_path / "full" / "models")
-    build(tmp_path / "full", tmp_path / "full-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, projection=DEFAULT_TEACHER)
+    build(tmp_path / "full", tmp_path / "full-data", ["a.jsonl", "b.jsonl", "c.jsonl"], local_lm, projection=teacher)
     (inc_lists, inc_samples), (full_lists, full_samples) = lists(tmp_path / "inc"), lists(tmp_path / "full")
     assert inc_samples == full_samples
     assert_same_rankings(inc_lists, full_lists)

@@ -8,7 +8,16 @@ def test_defaults_need_no_file(monkeypatch):
     monkeypatch.delenv("INFLUCODER_CONFIG", raising=False)
     monkeypatch.delenv("INFLUCODER_HOME", raising=False)
     cfg = load_config()
-    assert cfg.model.base_model == "tiny" and cfg.projection.kind == "countsketch" and cfg.projection.target == "lora" and cfg.k == 10
+    assert cfg.model.base_model == "tiny" and cfg.projection.kind == "countsketch" and cfg.projection.target == "head" and cfg.k == 10
+    assert cfg.projection.whitens_head and not cfg.projection.adam_precondition
+
+
+def test_the_logit_fisher_applies_to_the_head_target_only(tmp_path):
+    (tmp_path / "lora.toml").write_text('[projection]\ntarget = "lora"\nadam_precondition = true\n')
+    assert not load_config(tmp_path / "lora.toml").projection.whitens_head  # the default is ignored elsewhere
+    (tmp_path / "asked.toml").write_text('[projection]\ntarget = "weights"\nlogit_fisher = true\n')
+    with pytest.raises(ConfigError, match="needs projection.target = 'head'"):
+        load_config(tmp_path / "asked.toml")
 
 
 def test_file_values_relative_paths_and_env_override(tmp_path, monkeypatch):
