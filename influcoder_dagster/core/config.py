@@ -64,7 +64,7 @@ class ProjectionConfig(_Section):
         "head", description="gradients of the output head alone (one forward pass and the logits' gradient per sample; "
         "with logit_fisher, the teacher that predicted retraining best on the LDS benchmark and found the planted samples, "
         "docs/results.md), of LoRA adapters, or of every Linear weight but the output head")
-    logit_fisher: bool = Field(True, description="with target = 'head': whiten every row's vocabulary rows by the inverse square "
+    logit_fisher: bool = Field(True, description="target = 'head' (ignored for the others): whiten every row's vocabulary rows by the inverse square "
                                "root of the logits' Fisher diagonal over the corpus's tokens (influence with a diagonal K-FAC "
                                "output factor), estimated once per checkpoint by the base_model stage")
     lora_rank: int = Field(8, ge=1, description="rank of the LoRA adapters on every Linear/Conv1D but the output head (target = 'lora')")
@@ -86,8 +86,6 @@ class ProjectionConfig(_Section):
         if self.adam_precondition and (self.target != "lora" or self.kind != "countsketch"):
             raise ValueError("projection.adam_precondition needs target = 'lora' (its optimizer state) and kind = 'countsketch'; "
                              "set projection.adam_precondition = false to use another target or kind")
-        if self.logit_fisher and self.target != "head" and "logit_fisher" in self.model_fields_set:
-            raise ValueError("projection.logit_fisher whitens the output head's gradient: it needs projection.target = 'head'")
         return self
 
     @property

@@ -94,9 +94,9 @@ def _warm_adapters(cfg: Config, checkpoints: list[dict[str, Any]], texts: Any, p
 
 def _with_logit_fisher(cfg: Config, checkpoint: dict[str, Any], texts: Any, paths: Paths) -> dict[str, Any]:
     """The checkpoint with its logits' Fisher diagonal over the corpus's tokens (``teacher.logit_fisher``),
-    computed once per (state, corpus, length); its hash joins the checkpoint's ``model_hash``, so rows
-    whitened by another estimate are never reused."""
-    path = paths.models / f"logit-fisher-{short_hash(checkpoint['model_hash'], data_tag(cfg), cfg.model.max_length)}.npz"
+    computed once per (state, length) on the corpus present then, as the LoRA warm-up is; its hash
+    joins the checkpoint's ``model_hash``, so rows whitened by another estimate are never reused."""
+    path = paths.models / f"logit-fisher-{short_hash(checkpoint['model_hash'], cfg.model.max_length)}.npz"
     if not path.is_file():
         model, tokenizer = load_decoder(checkpoint["path"])
         samples = tokenize_for_loss(tokenizer, texts(), cfg.model.max_length)

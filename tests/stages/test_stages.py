@@ -175,7 +175,7 @@ def test_a_tiny_decoders_checkpoints_are_its_earlier_epochs_each_with_its_own_wa
     cfg = Config.model_validate({
         "home": str(tmp_path / "home"), "dataset": {"path": str(data)},
         "model": {"epochs": 4, "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 300, "max_length": 32},
-        "projection": {"dim": 64, "lora_rank": 2, "lora_warmup_steps": 3, "checkpoints": 3},
+        "projection": {"dim": 64, "target": "lora", "adam_precondition": True, "lora_rank": 2, "lora_warmup_steps": 3, "checkpoints": 3},
     })
     base = run_base_model(cfg)
     checkpoints = base.metadata["checkpoints"]

@@ -86,9 +86,9 @@ def test_adam_needs_lora_and_countsketch():
     from influcoder_dagster.core.config import Config
 
     with pytest.raises(ValueError, match="adam_precondition"):
-        Config.model_validate({"projection": {"target": "weights"}})  # the default Adam direction needs the adapters
+        Config.model_validate({"projection": {"target": "weights", "adam_precondition": True}})  # the Adam direction needs the adapters
     with pytest.raises(ValueError, match="adam_precondition = false"):
-        Config.model_validate({"projection": {"kind": "logra"}})
+        Config.model_validate({"projection": {"kind": "logra", "target": "lora", "adam_precondition": True}})
     Config.model_validate({"projection": {"adam_precondition": True, "kind": "countsketch", "target": "lora"}})
     Config.model_validate({"projection": {"adam_precondition": False, "kind": "logra", "target": "weights"}})
 
