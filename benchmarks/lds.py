@@ -330,11 +330,14 @@ def cached_scores(work: Path, name: str, compute) -> tuple[np.ndarray, float]:
     return scores, seconds
 
 
+DEFAULT_RUNS = "-head-logit-fisher"  # planted.json's runs with the default teacher's settings (set explicitly)
+
+
 def planted_summary() -> dict[str, Any]:
     """The default teacher's planted recall on real text, as ``benchmarks/planted.py`` last measured it
     (its own runs, commits and commands are in ``results/planted.json``)."""
-    runs = [r for r in json.loads((ROOT / "benchmarks" / "results" / "planted.json").read_text()) if r["label"].endswith("-default")]
-    return {r["label"].removesuffix("-default"): {"verbatim_recall_at_30": round(r["teacher"]["verbatim"]["recall_at_30"], 3),
+    runs = [r for r in json.loads((ROOT / "benchmarks" / "results" / "planted.json").read_text()) if r["label"].endswith(DEFAULT_RUNS)]
+    return {r["label"].removesuffix(DEFAULT_RUNS): {"verbatim_recall_at_30": round(r["teacher"]["verbatim"]["recall_at_30"], 3),
                                                   "paraphrased_recall_at_30": round(r["teacher"]["paraphrased"]["recall_at_30"], 3),
                                                   "corpus": f"{r['n_real']} real {'short ' if r['short'] else ''}passages + 60 planted",
                                                   "commit": r["commit"]} for r in runs}
