@@ -14,12 +14,14 @@ and query gradients), the teacher preconditioned with the store's projected Fish
 (the served index's encoder path), the re-rank (top 100 recalled, exact teacher scores; the rest
 score 0), BM25 (``bm25s``), the untrained MiniLM, random, and the peers of ``benchmarks/peers/``
 on the tiny decoder's final weights at the store's row width (``peer:NAME``). ``teacher:VARIANT``
-rows are teachers that are not the default, from the same decoder states (``VARIANTS``): what the
-ground truth would say if the default changed. ``teacher:seeds3`` sums the default teacher's scores
+rows are teachers that are not the default, from the same decoder states (``VARIANTS``; the LoRA
+ones read the adapters of ``WORK/lora_adam``): what the ground truth would say if the default
+changed. ``teacher:seeds3`` sums the default teacher's scores
 over decoders trained from three seeds (TRAK's ensemble; the two extra homes are built by the
 pipeline under ``WORK/seed1`` and ``WORK/seed2``); ``HOME_VARIANTS`` are default teachers of a
-home built by the pipeline with one setting changed (``teacher:checkpoints4``: the states after
-epochs 1, 2, 4 and 8), under ``WORK/NAME``.
+home built by the pipeline with settings changed (``teacher:lora_adam``: LESS's LoRA + Adam
+teacher, the default until ``c75bf43``; ``teacher:checkpoints4``: the states after epochs 1, 2, 4
+and 8), under ``WORK/NAME``.
 
 **LDS.** The training the scores explain is the tiny decoder's own training, from scratch (the
 behaviour and the corpus are learned there; the LoRA warm-up only sets the teacher's view). It is
@@ -130,7 +132,8 @@ VARIANTS = {  # name -> (target, Adam direction for pool rows, checkpoints: all 
 # training rows, ``teacher.logit_fisher``, as ``projection.logit_fisher`` does)
 
 SEED_ENSEMBLES = {"teacher:seeds3": 3}  # name -> decoders trained from that many seeds, the default teacher on each
-HOME_VARIANTS = {"teacher:checkpoints4": "[projection]\ncheckpoints = 4\n"}  # name -> the one setting its own pipeline home changes
+LORA_ADAM = '[projection]\ntarget = "lora"\nadam_precondition = true\n'  # LESS's teacher, the default until c75bf43
+HOME_VARIANTS = {"teacher:lora_adam": LORA_ADAM, "teacher:checkpoints4": "[projection]\ncheckpoints = 4\n"}  # name -> its home's settings
 
 
 def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: list[str | None], variant: str) -> np.ndarray:
@@ -151,6 +154,8 @@ def variant_scores(home: Path, corpus: list[str], texts: list[str], prompts: lis
     from influcoder_dagster.teacher.scoring import full_scores
 
     target, adam, states, dim, score = VARIANTS[variant]
+    if target == "lora":  # the adapters are warmed up in a home that attributes them
+        home = other_home(home.parent, "lora_adam", LORA_ADAM)
     chosen = checkpoints_of(base_model_record(Paths(home)))
     total = np.zeros((len(texts), len(corpus)), dtype=np.float64)
     for c in chosen[-1:] if states == "final" else chosen:
