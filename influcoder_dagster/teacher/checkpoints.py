@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from influcoder_dagster.teacher.decoder import load_decoder
-from influcoder_dagster.teacher.gradients import GradientExtractor
+from influcoder_dagster.teacher.gradients import GradientExtractor, trackable_modules
 from influcoder_dagster.teacher.logit_fisher import read_row_scale
 from influcoder_dagster.teacher.lora import adam_state
 
@@ -92,6 +92,5 @@ def head_whitening(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor
         return None
     import torch
 
-    head = model.get_output_embeddings()
-    name = next(n for n, m in model.named_modules() if m is head)
+    (name, _, _), = trackable_modules(model, "head")
     return {name: torch.from_numpy(read_row_scale(checkpoint.logit_fisher))}

@@ -35,8 +35,7 @@ if TYPE_CHECKING:
 
 def logit_fisher_sums(model: PreTrainedModel, samples: Sequence[Encoded], pad_token_id: int,
                       batch_size: int = 16) -> tuple[np.ndarray, int]:
-    """``(sum over loss tokens of (p - y)^2 per vocabulary entry (float64), number of loss tokens)``.
-    Sums, not means, so shards add up."""
+    """``(sum over loss tokens of (p - y)^2 per vocabulary entry (float64), number of loss tokens)``."""
     import torch
 
     total = torch.zeros(model.get_output_embeddings().out_features, dtype=torch.float64)
