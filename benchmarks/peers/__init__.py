@@ -1,10 +1,11 @@
 """Peer per-sample gradient extractors for ``benchmarks/teacher.py``, one module per library.
 
-Each module has ``prepare(model, tokenizer, dim) -> extract``, which builds the library's
-projection and hooks (outside any timed region), and ``extract(encoded, batch_size) -> np.ndarray``
+Each module has ``prepare(model, tokenizer, dim, target="weights") -> extract``, which builds the
+library's projection and hooks (outside any timed region), and ``extract(encoded, batch_size) -> np.ndarray``
 returning the ``(len(encoded), ~dim)`` float32 projected gradients of each sample's mean next-token loss
-(labels = input ids), w.r.t. the weights of every Linear/Conv1D but the LM head (no biases), with
-the library's own projection at about ``dim`` dimensions. The peers live in ``benchmarks/.peers``
+(labels = input ids), w.r.t. the weights of what ``target`` names in ``trackable_modules`` (``weights``:
+every Linear/Conv1D but the LM head; ``head``: the LM head alone; no biases), with the library's own
+projection at about ``dim`` dimensions. The peers live in ``benchmarks/.peers``
 (``pip install --no-deps --target``, see ``install.sh``), never in the project's dependencies.
 """
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def tracked_linear_names(model: Any) -> list[str]:
+def tracked_linear_names(model: Any, target: str = "weights") -> list[str]:
     """Names of the modules whose weights every method differentiates (as ``trackable_modules``)."""
     from influcoder_dagster.teacher.gradients import trackable_modules
 
-    return [name for name, _, _ in trackable_modules(model)]
+    return [name for name, _, _ in trackable_modules(model, target)]
 
 
 def conv1d_to_linear(model: Any) -> Any:

@@ -36,11 +36,11 @@ from benchmarks.peers.common import tracked_linear_names
 from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
-def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+def prepare(model: Any, tokenizer: Any, dim: int, target: str = "weights") -> Callable[[list[Any], int], np.ndarray]:
     """dattri's task, gradient function and projector; the returned ``extract(encoded, batch_size)``
     gives ``(len(encoded), dim)`` float32 projected per-sample gradients of the mean next-token loss."""
     model.eval()
-    wrt = {f"{name}.weight" for name in tracked_linear_names(model)}
+    wrt = {f"{name}.weight" for name in tracked_linear_names(model, target)}
     for name, p in model.named_parameters():
         p.requires_grad_(name in wrt)
 

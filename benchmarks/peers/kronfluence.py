@@ -88,11 +88,11 @@ class SketchedCausalLMTask(Task):
         return left.T @ gradient[..., : right.shape[0]] @ right  # (B, out, in[+1]) -> (B, a, b)
 
 
-def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+def prepare(model: Any, tokenizer: Any, dim: int, target: str = "weights") -> Callable[[list[Any], int], np.ndarray]:
     """Kronfluence's prepared model (tracked Linears, identity factors, the sketch task); the returned
     ``extract(encoded, batch_size)`` gives ``(len(encoded), ~dim)`` float32 Kronecker-sketched
     per-sample gradients."""
-    names = tracked_linear_names(model)
+    names = tracked_linear_names(model, target)
     model = conv1d_to_linear(model.eval())
     modules = dict(model.named_modules())
     shapes = {n: tuple(modules[n].weight.shape) for n in names}

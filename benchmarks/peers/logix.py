@@ -37,12 +37,12 @@ from benchmarks.peers.common import conv1d_to_linear, sample_loss, tracked_linea
 from influcoder_dagster.data.tokens import length_sorted_batches, pad_batch
 
 
-def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+def prepare(model: Any, tokenizer: Any, dim: int, target: str = "weights") -> Callable[[list[Any], int], np.ndarray]:
     """A LogIX run watching the tracked Linears with its LoGra adapters; the returned
     ``extract(encoded, batch_size)`` gives ``(len(encoded), n_modules * r^2)`` float32 per-sample
     gradients of the mean next-token loss."""
     model.eval()
-    names = tracked_linear_names(model)
+    names = tracked_linear_names(model, target)
     conv1d_to_linear(model)
     rank = max(1, math.isqrt(max(1, dim // len(names))))
     logix.get_logger().setLevel(logging.WARNING)

@@ -54,12 +54,12 @@ class CausalLMLossOutput(AbstractModelOutput):
         return torch.ones(batch[0].shape[0], 1)  # the output already is the loss
 
 
-def prepare(model: Any, tokenizer: Any, dim: int) -> Callable[[list[Any], int], np.ndarray]:
+def prepare(model: Any, tokenizer: Any, dim: int, target: str = "weights") -> Callable[[list[Any], int], np.ndarray]:
     """TRAK's gradient computer and projector (its first sketch block generated here); the returned
     ``extract(encoded, batch_size)`` gives ``(len(encoded), dim)`` float32 projected per-sample
     gradients of the mean next-token loss."""
     model.eval()
-    wrt = [f"{name}.weight" for name in tracked_linear_names(model)]
+    wrt = [f"{name}.weight" for name in tracked_linear_names(model, target)]
     params = dict(model.named_parameters())
     for p in model.parameters():
         p.requires_grad_(False)
