@@ -88,6 +88,11 @@ class GradientExtractor:
             raise MissingUpstreamError(f"the projection names modules this model lacks: {missing[:3]} (was the store built on another model?)",
                                        "projected_gradients")
         self._tracked = {m.name: modules[m.name] for m in spec.modules}
+        head = model.get_output_embeddings()
+        # Parameters are frozen, so the graph must start somewhere: at the embeddings, so autograd
+        # reaches every layer, or, when the output head alone is tracked, at its own output (the
+        # forward then records no graph below the logits).
+        self._graph_start = head if set(self._tracked.values()) == {head} else model.get_input_embeddings()
         self._inputs: dict[str, list[torch.Tensor]] = {}
         self._outputs: dict[str, list[torch.Tensor]] = {}
         self._mask: torch.Tensor | None = None
@@ -104,8 +109,7 @@ class GradientExtractor:
 
         return forward_hook
 
-    def _embed_hook(self, module, args, output):  # noqa: ANN001
-        # Parameters are frozen; the graph starts at the embeddings so autograd reaches every layer.
+    def _start_graph(self, module, args, output):  # noqa: ANN001
         return output.requires_grad_(True)
 
     def batch(self, samples: Sequence[Encoded]) -> torch.Tensor:
@@ -121,7 +125,7 @@ class GradientExtractor:
         loss_mask = (mask.bool() & (torch.arange(width)[None, :] >= starts)).float()
         self._mask = mask[..., None].float()
         handles = [mod.register_forward_hook(self._hook(name)) for name, mod in self._tracked.items()]
-        handles.append(self.model.get_input_embeddings().register_forward_hook(self._embed_hook))
+        handles.append(self._graph_start.register_forward_hook(self._start_graph))
         try:
             with torch.enable_grad():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
