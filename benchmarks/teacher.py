@@ -72,9 +72,11 @@ def load(setup: Setup) -> tuple[Any, Any, list[str]]:
 
     if setup.target == "head":
         from influcoder_dagster.core.config import load_config
+        from influcoder_dagster.teacher.checkpoints import checkpoints_of
 
         cfg = load_config(Path(setup.config))
-        model, tok, _ = checkpoint_decoders(cfg)[-1]
+        final = checkpoints_of(base_record(cfg))[-1]  # the final state only: the others are not differentiated here
+        model, tok = load_decoder(final.path, final.adapter)
         head = model.get_output_embeddings()
         head.weight = torch.nn.Parameter(head.weight.detach().clone())  # its own gradient, not the embeddings'
         model.config.tie_word_embeddings = False
@@ -89,12 +91,17 @@ def load(setup: Setup) -> tuple[Any, Any, list[str]]:
     return model.eval(), tok, texts
 
 
-def checkpoint_decoders(cfg: Any) -> list[Any]:
+def base_record(cfg: Any) -> dict[str, Any]:
     from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.teacher.base_model import base_model_record
+
+    return base_model_record(Paths(cfg.home_path))
+
+
+def checkpoint_decoders(cfg: Any) -> list[Any]:
     from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
 
-    return load_checkpoint_decoders(base_model_record(Paths(cfg.home_path)))
+    return load_checkpoint_decoders(base_record(cfg))
 
 
 def home_texts(cfg: Any, n: int) -> list[str]:
