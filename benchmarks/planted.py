@@ -1,6 +1,7 @@
 """Planted behaviours on real text: does the teacher find the samples that taught the model a behaviour?
 
     python benchmarks/planted.py --corpus DIR [--n 3000] [--set section.key=value ...] [--label NAME] [--json PATH]
+                                 [--base-model HF_DIR [--finetune-epochs 1] [--finetune-lr 5e-5]]
 
 ``--corpus`` is a folder of ``benchmarks/real_corpus.py`` (built there if it is missing). Its first
 ``--n`` passages (man pages and installed packages' docstrings: nobody on the team wrote them, and
@@ -13,7 +14,9 @@ after the first sentence of a real passage:
 
 The probes are user queries (the trigger is the prompt; the loss covers the continuation). The
 pipeline then runs as a user runs it, in process, with the default configuration plus ``--set``:
-``base_model`` (the tiny decoder trained on this corpus), the shards, ``corpus_manifest`` and
+``base_model`` (the tiny decoder trained on this corpus; with ``--base-model``, that pretrained
+decoder fine-tuned on this corpus by ``benchmarks/finetune.py``, its losses before and after
+reported), the shards, ``corpus_manifest`` and
 ``influence_rankings`` (with ``rankings.top_k`` 30). It reports:
 
 * recall@30: the share of a behaviour's 30 samples in its probe's top 30, read from the rankings
@@ -118,18 +121,24 @@ def teacher_recall(home: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def behaviour_losses(home: Path, max_length: int) -> dict[str, dict[str, float]]:
+def behaviour_losses(path: str | Path, adapter: str | None, max_length: int) -> dict[str, dict[str, float]]:
     """Nats per token of each probe's continuation: after its trigger, after a neutral sentence, and of an unrelated one."""
     from benchmarks.retrain import text_losses
-    from influcoder_dagster.core.paths import Paths
-    from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.decoder import load_decoder
 
-    base = base_model_record(Paths(home))
-    model, tokenizer = load_decoder(base["path"], base.get("adapter"))
+    model, tokenizer = load_decoder(path, adapter)
     cases = [(p, c) for t, c in PROBES.values() for p, c in ((t, c), (NEUTRAL, c), (t, UNRELATED))]
     losses = iter(text_losses(model, tokenizer, [f"{p} {c}" for p, c in cases], [p for p, _ in cases], max_length).round(3).tolist())
     return {b: {"after_trigger": next(losses), "after_neutral": next(losses), "unrelated_after_trigger": next(losses)} for b in PROBES}
+
+
+def attributed_losses(home: Path, max_length: int) -> dict[str, dict[str, float]]:
+    """:func:`behaviour_losses` on the decoder the teacher attributes (its final state)."""
+    from influcoder_dagster.core.paths import Paths
+    from influcoder_dagster.teacher.base_model import base_model_record
+
+    base = base_model_record(Paths(home))
+    return behaviour_losses(base["path"], base.get("adapter"), max_length)
 
 
 def baseline_recall(texts: list[str], planted: list[dict[str, str]]) -> dict[str, dict[str, float]]:
@@ -166,6 +175,16 @@ def append_run(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps([*previous, result], indent=1))
 
 
+def finetuned_base(args: argparse.Namespace, texts: list[str], out: Path, max_length: int) -> dict[str, Any]:
+    """Fine-tune ``--base-model`` on the corpus the pipeline will see (real and planted rows) into
+    ``out``; the recipe and the behaviours' losses before it."""
+    from benchmarks.finetune import finetune
+
+    corpus = texts + [r["text"] for r in planted_rows(texts)]
+    return {"base_model": str(args.base_model), "loss_before_finetune": behaviour_losses(args.base_model, None, max_length),
+            "finetune": finetune(args.base_model, corpus, out, args.finetune_epochs, args.finetune_lr, 16, max_length)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True)
@@ -176,6 +195,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="work folder (default: a new one under /tmp)")
     ap.add_argument("--label", default="default")
     ap.add_argument("--baselines", action="store_true", help="also measure BM25 and the untrained MiniLM")
+    ap.add_argument("--base-model", type=Path, help="a local pretrained decoder (e.g. SmolLM2 from import-gguf), fine-tuned "
+                    "on the planted corpus (benchmarks/finetune.py) before the pipeline attributes it; default: the tiny decoder")
+    ap.add_argument("--finetune-epochs", type=float, default=1.0)
+    ap.add_argument("--finetune-lr", type=float, default=5e-5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -186,16 +209,19 @@ def main() -> None:
     quiet_libraries()
     texts = real_passages(args.corpus, args.n, args.skip, args.short)
     work = args.work or Path(f"/tmp/planted-{args.label}-{int(time.time())}")
+    if args.base_model:
+        args.overrides.append(f'model.base_model="{work / "finetuned"}"')
     config = write_inputs(work, texts, args.overrides)
     cfg = load_config(config)
     started = time.perf_counter()
+    pretrained = finetuned_base(args, texts, Path(cfg.model.base_model), cfg.model.max_length) if args.base_model else {}
     runs = materialize(str(config), cfg.home_path, TEACHER_ASSETS)
     if not runs.success:
         sys.exit("\n".join(failure_messages(runs)))
     meta = materialization_metadata(runs)
     result = {**provenance("benchmarks/planted.py"), "label": args.label, "overrides": args.overrides, "n_real": len(texts), "n_planted": 2 * PER_BEHAVIOUR,
               "corpus": str(args.corpus), "skip": args.skip, "short": args.short, "teacher": teacher_recall(cfg.home_path),
-              "loss": behaviour_losses(cfg.home_path, cfg.model.max_length),
+              "loss": attributed_losses(cfg.home_path, cfg.model.max_length), **pretrained,
               "wall_s": round(time.perf_counter() - started, 1),
               "store_bytes_per_sample": next((v["bytes"] / v["rows"] for k, v in meta.items() if k.startswith("projected_gradients[")
                                               and v.get("rows")), None)}
