@@ -206,9 +206,13 @@ def encoder_train_seconds(home: Path) -> float:
 
 
 def teacher_name(cfg: Any) -> str:
+    """The decoder and the teacher's recipe, with the checkpoints the store actually holds (one for a
+    local model unless the teacher attributes its LoRA warm-up)."""
+    from influcoder_dagster.stages.base_model import checkpoint_count
+
     p = cfg.projection
     decoder = "tiny decoder trained on the corpus" if cfg.model.base_model == "tiny" else Path(cfg.model.base_model).name
-    return f"{decoder}; {p.target} {p.kind} dim {p.dim} x {p.checkpoints} checkpoints; Adam {p.adam_precondition}"
+    return f"{decoder}; {p.target} {p.kind} dim {p.dim} x {checkpoint_count(cfg)} checkpoints; Adam {p.adam_precondition}"
 
 
 def selected_corpus(args: argparse.Namespace) -> Path:
