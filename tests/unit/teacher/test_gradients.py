@@ -6,6 +6,7 @@ from conftest import head_gradient_reference
 
 from influcoder_dagster.data.tokens import Encoded, tokenize_for_loss
 from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for, trackable_modules
+from influcoder_dagster.teacher.projection import FACTORED_ABOVE, Projector, plan_projection
 
 TEXTS = ["sample number 3 talks about topic 3.", "a short one", "sample number 12 talks about topic 5 and ends here, twice over."]
 
@@ -92,3 +93,30 @@ def test_head_target_is_the_output_heads_own_gradient(tiny_lm, kind):
     ref = torch.stack([head_gradient_reference(model, ex.projector, e) for e in enc])
     batched = ex.batch(enc)
     assert ((batched - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
+
+
+def test_factored_countsketch_of_the_head_equals_its_explicit_gradient_hashed(tiny_lm):
+    """A head above the size bound (forced here with ``factored_above=0``) is sketched from its two
+    factors by FFT; the result is the explicit gradient hashed with the same factored hash."""
+    model, tok = tiny_lm
+    spec = plan_projection("countsketch", 512, 0, trackable_modules(model, "head"), factored_above=0)
+    assert [m.factored for m in spec.modules] == [True]
+    ex = GradientExtractor(model, spec, tok.pad_token_id)
+    enc = tokenize_for_loss(tok, TEXTS, 64, prompts=[None, None, "sample number 12"])
+    ref = torch.stack([head_gradient_reference(model, ex.projector, e) for e in enc])
+    assert ((ex.batch(enc) - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
+
+
+def test_only_modules_above_the_bound_are_factored_and_inner_products_stay_unbiased():
+    shapes = [("small", 64, 64), ("head", 2048, FACTORED_ABOVE // 2048 + 1)]
+    assert [m.factored for m in plan_projection("countsketch", 256, 0, shapes).modules] == [False, True]
+    assert not any(m.factored for m in plan_projection("logra", 256, 0, shapes).modules)
+    torch.manual_seed(0)
+    a, b = torch.randn(40, 30), torch.randn(40, 30)
+    b = a + 0.5 * b  # a known inner product, averaged over many seeds of the factored hash
+    estimates = []
+    for seed in range(200):
+        projector = Projector(plan_projection("countsketch", 64, seed, [("m", 30, 40)], factored_above=0))
+        estimates.append(float(projector.project_full("m", a) @ projector.project_full("m", b)))
+    exact = float((a * b).sum())
+    assert abs(sum(estimates) / len(estimates) - exact) < 0.05 * exact
