@@ -40,13 +40,6 @@ from benchmarks.planted import provenance  # noqa: E402
 K = 10
 
 
-def final_checkpoint(home: Path) -> dict[str, Any]:
-    """The base_model stage's final decoder and its logit Fisher, as absolute paths."""
-    record = json.loads((home / "models" / "base_model.json").read_text())
-    last = record["checkpoints"][-1]
-    return {key: str(home / last[key]) for key in ("path", "logit_fisher")}
-
-
 def head_factors(model: Any, samples: list[Any], scale: Any) -> tuple[Any, Any, Any]:
     """Every loss token's whitened logit gradient and final hidden state, and its sample's index."""
     import torch
@@ -109,13 +102,16 @@ def sketched(model: Any, tokenizer: Any, samples: list[Any], scale: Any, dim: in
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from influcoder_dagster.core.paths import Paths
     from influcoder_dagster.data.tokens import tokenize_for_loss
+    from influcoder_dagster.teacher.base_model import base_model_record
+    from influcoder_dagster.teacher.checkpoints import checkpoints_of
     from influcoder_dagster.teacher.decoder import load_decoder
     from influcoder_dagster.teacher.logit_fisher import read_row_scale
 
-    checkpoint = final_checkpoint(args.home)
-    model, tokenizer = load_decoder(checkpoint["path"])
-    scale = torch.from_numpy(read_row_scale(checkpoint["logit_fisher"]))
+    final = checkpoints_of(base_model_record(Paths(args.home)))[-1]  # the base_model stage's final state
+    model, tokenizer = load_decoder(final.path)
+    scale = torch.from_numpy(read_row_scale(final.logit_fisher))
     texts = [json.loads(line)["text"] for f in sorted(args.corpus.glob("*.jsonl")) for line in f.open()][: args.n]
     samples = [s for s in tokenize_for_loss(tokenizer, texts, args.max_length) if len(s.input_ids) >= 2]
     n, head = len(samples), model.get_output_embeddings()
