@@ -53,7 +53,8 @@ class ModelConfig(_Section):
 
 class ProjectionConfig(_Section):
     kind: Literal["logra", "countsketch"] = Field(
-        "countsketch", description="countsketch: hash every coordinate of each module's per-sample gradient into a signed bucket; "
+        "countsketch", description="countsketch: hash every coordinate of each module's per-sample gradient into a signed bucket "
+        "(above 4M coordinates, a pretrained decoder's output head, with a factored hash, the TensorSketch, that never forms the gradient); "
         "logra: project the gradient's two factors (input and output gradient), never forming it (for large weights)")
     dim: int = Field(2048, ge=1, description="target total dimension over all tracked modules")
     seed: int = Field(0, ge=0, description="seed of the random projection (and of the LoRA warm-up)")
