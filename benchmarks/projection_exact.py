@@ -19,6 +19,12 @@ For each width and both hashes (``full``: every coordinate its own bucket, the s
 * ``ms_per_sample``: extraction through the pipeline's own ``GradientExtractor`` (forward pass
   included), batches of the configured size.
 
+It also measures a representation the store does not use yet, a per-token factor store: each loss
+token's ``--factor-k`` largest whitened logit-gradient entries (ids and values) and its hidden state
+in a rank-``--factor-rank`` basis (the top singular directions of the *next* ``--n`` texts' hidden
+states, so no measured sample fits it), with the same agreement figures against the exact cosines
+and its bytes per sample (4-byte ids, 2-byte values).
+
 One corpus's row replaces the JSON's row of the same ``--name``.
 """
 
@@ -69,6 +75,23 @@ def exact_cosines(deltas: Any, hidden: Any, owner: Any, n: int) -> np.ndarray:
     return cosines(member @ token_gram @ member.T)
 
 
+def factor_cosines(deltas: Any, hidden: Any, owner: Any, n: int, k: int, basis: Any) -> np.ndarray:
+    """Cosines from each token's ``k`` largest logit-gradient entries and its hidden state in ``basis``."""
+    import torch
+
+    top = deltas.abs().topk(k, dim=1).indices
+    sparse = torch.zeros_like(deltas).scatter_(1, top, deltas.gather(1, top))
+    return exact_cosines(sparse, hidden @ basis, owner, n)
+
+
+def hidden_basis(model: Any, samples: list[Any], scale: Any, rank: int) -> Any:
+    """The top ``rank`` right singular vectors of ``samples``' loss tokens' hidden states (d, rank)."""
+    import torch
+
+    _, hidden, _ = head_factors(model, samples, scale)
+    return torch.linalg.svd(hidden, full_matrices=False).Vh[:rank].T
+
+
 def cosines(gram: Any) -> np.ndarray:
     gram = np.asarray(gram, dtype=np.float64)
     norm = np.sqrt(np.clip(np.diag(gram), 1e-30, None))
@@ -112,14 +135,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     final = checkpoints_of(base_model_record(Paths(args.home)))[-1]  # the base_model stage's final state
     model, tokenizer = load_decoder(final.path)
     scale = torch.from_numpy(read_row_scale(final.logit_fisher))
-    texts = [json.loads(line)["text"] for f in sorted(args.corpus.glob("*.jsonl")) for line in f.open()][: args.n]
-    samples = [s for s in tokenize_for_loss(tokenizer, texts, args.max_length) if len(s.input_ids) >= 2]
+    texts = [json.loads(line)["text"] for f in sorted(args.corpus.glob("*.jsonl")) for line in f.open()][: 2 * args.n]
+    encoded = [s for s in tokenize_for_loss(tokenizer, texts, args.max_length) if len(s.input_ids) >= 2]
+    samples, fit_samples = encoded[: args.n], encoded[args.n :]
     n, head = len(samples), model.get_output_embeddings()
     start = time.perf_counter()
-    exact = exact_cosines(*head_factors(model, samples, scale), n)
+    factors = head_factors(model, samples, scale)
+    exact = exact_cosines(*factors, n)
     row: dict[str, Any] = {**provenance("benchmarks/projection_exact.py"), "n_samples": n,
                            "head_coordinates": head.in_features * head.out_features, "exact_s": round(time.perf_counter() - start, 1),
-                           "widths": {}}
+                           "widths": {}, "factors": {}}
+    for rank in args.factor_rank:
+        basis = hidden_basis(model, fit_samples, scale, rank)
+        for k in args.factor_k:
+            rho, top = agreement(factor_cosines(*factors, n, k, basis), exact)
+            bytes_per_sample = len(factors[2]) / n * (6 * k + 2 * rank)
+            row["factors"][f"top{k}_rank{rank}"] = {"spearman_vs_exact": rho, "top10_vs_exact": top, "bytes_per_sample": round(bytes_per_sample)}
+            print(f"factors top-{k} rank {rank}: {row['factors'][f'top{k}_rank{rank}']}", flush=True)
     for dim in args.dims:
         for hashing in ("full", "factored"):
             (a, ms), (b, _) = (sketched(model, tokenizer, samples, scale, dim, seed, hashing == "factored", args.batch_size) for seed in (0, 1))
@@ -138,6 +170,8 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--dims", type=int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--factor-k", type=int, nargs="+", default=[8, 32], help="logit-gradient entries kept per token")
+    parser.add_argument("--factor-rank", type=int, nargs="+", default=[32], help="rank of the hidden-state basis")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/projection_exact.json"))
