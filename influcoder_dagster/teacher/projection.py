@@ -51,7 +51,11 @@ class ProjectionSpec:
     modules: tuple[ModuleSpec, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as JSON; ``factored`` only where true, so a spec without a factored module keeps
+        the form (and the gradient store its key) it had before factored hashes existed."""
+        data = asdict(self)
+        data["modules"] = [{k: v for k, v in m.items() if k != "factored" or v} for m in data["modules"]]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProjectionSpec:

@@ -6,7 +6,7 @@ from conftest import head_gradient_reference
 
 from influcoder_dagster.data.tokens import Encoded, tokenize_for_loss
 from influcoder_dagster.teacher.gradients import GradientExtractor, compute_gradients, projection_for, trackable_modules
-from influcoder_dagster.teacher.projection import FACTORED_ABOVE, Projector, plan_projection
+from influcoder_dagster.teacher.projection import FACTORED_ABOVE, ProjectionSpec, Projector, plan_projection
 
 TEXTS = ["sample number 3 talks about topic 3.", "a short one", "sample number 12 talks about topic 5 and ends here, twice over."]
 
@@ -111,6 +111,9 @@ def test_only_modules_above_the_bound_are_factored_and_inner_products_stay_unbia
     shapes = [("small", 64, 64), ("head", 2048, FACTORED_ABOVE // 2048 + 1)]
     assert [m.factored for m in plan_projection("countsketch", 256, 0, shapes).modules] == [False, True]
     assert not any(m.factored for m in plan_projection("logra", 256, 0, shapes).modules)
+    for spec in (plan_projection("countsketch", 256, 0, shapes), plan_projection("countsketch", 256, 0, shapes[:1])):
+        assert ProjectionSpec.from_json(spec.to_json()) == spec
+    assert "factored" not in plan_projection("countsketch", 256, 0, shapes[:1]).to_json()["modules"][0]  # older stores keep their key
     torch.manual_seed(0)
     a, b = torch.randn(40, 30), torch.randn(40, 30)
     b = a + 0.5 * b  # a known inner product, averaged over many seeds of the factored hash
