@@ -46,50 +46,42 @@ from benchmarks.planted import provenance  # noqa: E402
 K = 10
 
 
-def head_factors(model: Any, samples: list[Any], scale: Any) -> tuple[Any, Any, Any]:
-    """Every loss token's whitened logit gradient and final hidden state, and its sample's index."""
+def head_factors(model: Any, pad_token_id: int, samples: list[Any], scale: Any, batch_size: int = 16) -> Any:
+    """Every loss token's whitened logit gradient and head input, and its sample's index (batches concatenated)."""
     import torch
 
-    head, deltas, hidden, owner = model.get_output_embeddings(), [], [], []
-    with torch.no_grad():
-        for i, sample in enumerate(samples):
-            ids = torch.tensor([sample.input_ids])
-            h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0][:-1]
-            start = max(sample.loss_start, 1) - 1
-            delta = head(h).softmax(-1)
-            delta[torch.arange(len(h)), ids[0, 1:]] -= 1
-            n_loss = len(h) - start
-            deltas.append(delta[start:] * scale / n_loss)
-            hidden.append(h[start:])
-            owner += [i] * n_loss
-    return torch.cat(deltas), torch.cat(hidden), torch.tensor(owner)
+    from influcoder_dagster.teacher.head_exact import HeadFactors, TokenFactors
+
+    head, parts = HeadFactors(model, pad_token_id, scale), []
+    for i in range(0, len(samples), batch_size):
+        parts.append(head.of(samples[i : i + batch_size]))
+    owner = torch.cat([p.owner + i * batch_size for i, p in enumerate(parts)])
+    return TokenFactors(torch.cat([p.deltas for p in parts]), torch.cat([p.hidden for p in parts]), owner, len(samples))
 
 
-def exact_cosines(deltas: Any, hidden: Any, owner: Any, n: int) -> np.ndarray:
+def exact_cosines(factors: Any) -> np.ndarray:
     """Samples' exact gradient cosines from their tokens' factors (a Gram matrix, never a gradient)."""
-    import torch
+    from influcoder_dagster.teacher.head_exact import inner_products
 
-    token_gram = (deltas @ deltas.T) * (hidden @ hidden.T)
-    member = torch.zeros(n, len(owner))
-    member[owner, torch.arange(len(owner))] = 1
-    return cosines(member @ token_gram @ member.T)
+    return cosines(inner_products(factors, factors))
 
 
-def factor_cosines(deltas: Any, hidden: Any, owner: Any, n: int, k: int, basis: Any) -> np.ndarray:
+def factor_cosines(factors: Any, k: int, basis: Any) -> np.ndarray:
     """Cosines from each token's ``k`` largest logit-gradient entries and its hidden state in ``basis``."""
     import torch
 
-    top = deltas.abs().topk(k, dim=1).indices
-    sparse = torch.zeros_like(deltas).scatter_(1, top, deltas.gather(1, top))
-    return exact_cosines(sparse, hidden @ basis, owner, n)
+    from influcoder_dagster.teacher.head_exact import TokenFactors
+
+    top = factors.deltas.abs().topk(k, dim=1).indices
+    sparse = torch.zeros_like(factors.deltas).scatter_(1, top, factors.deltas.gather(1, top))
+    return exact_cosines(TokenFactors(sparse, factors.hidden @ basis, factors.owner, factors.n))
 
 
-def hidden_basis(model: Any, samples: list[Any], scale: Any, rank: int) -> Any:
-    """The top ``rank`` right singular vectors of ``samples``' loss tokens' hidden states (d, rank)."""
+def hidden_basis(factors: Any, rank: int) -> Any:
+    """The top ``rank`` right singular vectors of the loss tokens' hidden states (d, rank)."""
     import torch
 
-    _, hidden, _ = head_factors(model, samples, scale)
-    return torch.linalg.svd(hidden, full_matrices=False).Vh[:rank].T
+    return torch.linalg.svd(factors.hidden, full_matrices=False).Vh[:rank].T
 
 
 def cosines(gram: Any) -> np.ndarray:
@@ -140,16 +132,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     samples, fit_samples = encoded[: args.n], encoded[args.n :]
     n, head = len(samples), model.get_output_embeddings()
     start = time.perf_counter()
-    factors = head_factors(model, samples, scale)
-    exact = exact_cosines(*factors, n)
+    factors = head_factors(model, tokenizer.pad_token_id, samples, scale)
+    exact = exact_cosines(factors)
     row: dict[str, Any] = {**provenance("benchmarks/projection_exact.py"), "n_samples": n,
                            "head_coordinates": head.in_features * head.out_features, "exact_s": round(time.perf_counter() - start, 1),
                            "widths": {}, "factors": {}}
     for rank in args.factor_rank:
-        basis = hidden_basis(model, fit_samples, scale, rank)
+        basis = hidden_basis(head_factors(model, tokenizer.pad_token_id, fit_samples, scale), rank)
         for k in args.factor_k:
-            rho, top = agreement(factor_cosines(*factors, n, k, basis), exact)
-            bytes_per_sample = len(factors[2]) / n * (6 * k + 2 * rank)
+            rho, top = agreement(factor_cosines(factors, k, basis), exact)
+            bytes_per_sample = len(factors.owner) / n * (6 * k + 2 * rank)
             row["factors"][f"top{k}_rank{rank}"] = {"spearman_vs_exact": rho, "top10_vs_exact": top, "bytes_per_sample": round(bytes_per_sample)}
             print(f"factors top-{k} rank {rank}: {row['factors'][f'top{k}_rank{rank}']}", flush=True)
     for dim in args.dims:

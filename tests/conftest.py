@@ -31,9 +31,9 @@ sketch_epochs = 1
 """
 
 
-def head_gradient_reference(model, projector, enc, scale=None):
+def head_gradient(model, enc, scale=None):
     """One sample's output-head gradient by plain autograd on a separate copy of the head applied to
-    the final hidden states (its vocabulary rows times ``scale``), projected by ``projector``."""
+    the final hidden states, its vocabulary rows times ``scale``."""
     import torch
     import torch.nn.functional as F
 
@@ -43,7 +43,12 @@ def head_gradient_reference(model, projector, enc, scale=None):
     weight = model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
     start = max(enc.loss_start, 1)
     F.cross_entropy((hidden @ weight.T)[start - 1:-1], ids[0, start:]).backward()
-    return projector.project_full("lm_head", weight.grad if scale is None else scale[:, None] * weight.grad)
+    return weight.grad if scale is None else scale[:, None] * weight.grad
+
+
+def head_gradient_reference(model, projector, enc, scale=None):
+    """:func:`head_gradient`, projected by ``projector``."""
+    return projector.project_full("lm_head", head_gradient(model, enc, scale))
 
 
 @pytest.fixture(scope="session")

@@ -44,9 +44,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             print(f"note: query {i} has {total} tokens; the encoder reads the first {read}"
                   + (f"; the re-rank's decoder reads at most {cfg.model.max_length} of its own tokens" if args.rerank else ""), file=sys.stderr)
     if args.rerank:
-        attributor.query(texts[:1], 1, args.rerank)  # load the decoder and the store before the clock starts
+        attributor.query(texts[:1], 1, args.rerank, exact=args.exact)  # load the decoder and the store before the clock starts
     started = time.perf_counter()
-    results = attributor.query(texts, args.k, args.rerank, prompts)
+    results = attributor.query(texts, args.k, args.rerank, prompts, args.exact)
     ms = (time.perf_counter() - started) * 1000 / len(texts)
     if args.json:
         print(json.dumps(results if args.file else results[0], indent=2))
@@ -59,7 +59,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         print(_table([{**h, "score": f"{h['score']:.3f}", "index_score": f"{h.get('index_score', 0):.3f}"} for h in hits], cols))
         print()
     recall = "the query's gradient sketch" if attributor.sketch is not None else "the encoder"
-    how = f"top-{args.rerank} recalled by {recall}, re-ranked by the teacher's gradient score" if args.rerank else "encoder similarity"
+    score = "the exact output-head gradient cosine" if args.exact else "the teacher's gradient score"
+    how = f"top-{args.rerank} recalled by {recall}, re-ranked by {score}" if args.rerank else "encoder similarity"
     print(f"{ms:.1f} ms per query ({how}; encoder {attributor.manifest['encoder_version']}, {attributor.index.ntotal} samples)")
     return 0
 
@@ -77,9 +78,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{args.file}: no queries", file=sys.stderr)
         return 2
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
-    hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries])
+    hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries], args.exact)
     recall = "the gradient sketch" if attributor.sketch is not None else "the encoder"
-    method = f"index top-{args.rerank} (recalled by {recall}) re-ranked by gradient influence" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
+    influence = "exact output-head gradient influence" if args.exact else "gradient influence"
+    method = f"index top-{args.rerank} (recalled by {recall}) re-ranked by {influence}" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
     out = Path(args.out) if args.out else Paths(cfg.home_path).audits / datetime.now().strftime("%Y%m%d-%H%M%S")
     files = write_audit(out, queries, hits, method)
     print(f"audited {len(queries)} outputs; report {files['report']}, tables in {files['database']}")
@@ -144,6 +146,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, cfg)
 
 
+EXACT_HELP = ("with --rerank: score the candidates by the exact output-head gradient cosine instead of the store's sketch of it "
+              "(a forward pass per candidate; needs projection.target = 'head', the default)")
+
+
 def _positive(kind: type) -> Any:
     def parse(value: str) -> Any:
         number = kind(value)
@@ -172,11 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-k", type=_positive(int), default=10, help="samples to return per query")
     a.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N",
                    help="recall N candidates from the index, return the top-k by exact gradient influence")
+    a.add_argument("--exact", action="store_true", help=EXACT_HELP)
     a.add_argument("--json", action="store_true")
     au = sub.add_parser("audit", help="attribute a set of bad outputs and rank the training samples behind many of them")
     au.add_argument("--file", required=True, help="JSONL of outputs: {'text': ..., optional 'prompt' and 'query_id'}")
     au.add_argument("-k", type=_positive(int), default=20, help="samples per output")
     au.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N", help="re-rank the index's top-N by exact gradient influence")
+    au.add_argument("--exact", action="store_true", help=EXACT_HELP)
     au.add_argument("--out", help="folder for report.md, scores.png and audit.duckdb (default: <home>/audits/<time>)")
     s = sub.add_parser("sql", help="run SQL on the rankings database (a read-only snapshot; no other file is reachable)")
     s.add_argument("query")

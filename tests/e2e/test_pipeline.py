@@ -241,6 +241,41 @@ def test_a_rerank_scores_as_preconditioned_rankings_do(pipeline_home, tmp_path):
     assert [{h["sample_id"] for h in got} for got in hits] == preconditioned
 
 
+def test_an_exact_rerank_scores_the_cosine_of_formed_head_gradients(pipeline_home, capsys):
+    """The store sketches the whitened head of every checkpoint; ``exact`` scores the candidates by
+    the cosine of the unsketched gradients, as plain autograd forms them, averaged over checkpoints."""
+    import torch
+    from conftest import head_gradient
+
+    from influcoder_dagster.core.errors import ConfigError
+    from influcoder_dagster.data.tokens import Encoded, tokenize_for_loss
+    from influcoder_dagster.serving.attribute import Attributor
+    from influcoder_dagster.teacher.base_model import base_model_record
+    from influcoder_dagster.teacher.checkpoints import head_whitening, load_checkpoint_decoders
+
+    home, config, _ = pipeline_home
+    con = connect_readonly(home)
+    text, prompt = con.execute("SELECT text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchone()
+    attributor = Attributor(home)
+    hits = attributor.query([text], k=8, rerank=30, prompts=[prompt], exact=True)[0]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    decoders = load_checkpoint_decoders(base_model_record(Paths(home)))
+    assert len(decoders) > 1  # the default scores several checkpoints
+    corpus = read_corpus(Paths(home).corpus, columns=["sample_id", "input_ids"]).to_pylist()
+    tokens = {r["sample_id"]: Encoded(r["input_ids"]) for r in corpus}
+    cosines = []
+    for model, tok, checkpoint in decoders:
+        scale = next(iter(head_whitening(model, checkpoint).values()))
+        query = head_gradient(model, tokenize_for_loss(tok, [text], 128, [prompt])[0], scale).flatten()
+        cands = torch.stack([head_gradient(model, tokens[h["sample_id"]], scale).flatten() for h in hits])
+        cosines.append((cands @ query / cands.norm(dim=1) / query.norm()).numpy())
+    np.testing.assert_allclose([h["score"] for h in hits], np.mean(cosines, axis=0), atol=1e-4)
+    with pytest.raises(ConfigError, match="re-rank depth"):
+        attributor.query([text], k=8, exact=True)
+    assert main(["--config", config, "attribute", text, "--rerank", "30", "--exact"]) == 0
+    assert "re-ranked by the exact output-head gradient cosine" in capsys.readouterr().out
+
+
 def test_a_rerank_refuses_a_sketch_fitted_on_another_store(pipeline_home):
     import pytest
 
