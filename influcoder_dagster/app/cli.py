@@ -47,6 +47,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         attributor.query(texts[:1], 1, args.rerank, exact=args.exact)  # load the decoder and the store before the clock starts
     started = time.perf_counter()
     results = attributor.query(texts, args.k, args.rerank, prompts, args.exact)
+    _suggest_exact(args, attributor)
     ms = (time.perf_counter() - started) * 1000 / len(texts)
     if args.json:
         print(json.dumps(results if args.file else results[0], indent=2))
@@ -79,6 +80,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
     hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries], args.exact)
+    _suggest_exact(args, attributor)
     recall = "the gradient sketch" if attributor.sketch is not None else "the encoder"
     influence = "exact output-head gradient influence" if args.exact else "gradient influence"
     method = f"index top-{args.rerank} (recalled by {recall}) re-ranked by {influence}" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
@@ -144,6 +146,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("the demo builds its own dataset; unset dataset.path, or run `influcoder materialize` for your data", file=sys.stderr)
         return 2
     return run_demo(args.config, cfg)
+
+
+def _suggest_exact(args: argparse.Namespace, attributor: Any) -> None:
+    """On stderr: a sketch re-rank of a pretrained vocabulary's head is mostly projection noise."""
+    if args.rerank and not args.exact and attributor.sketches_a_large_head():
+        print("note: this store sketches a large output head, whose sketch keeps a small share of the exact "
+              "influence's top-k; add --exact to score the candidates by the exact head gradient", file=sys.stderr)
 
 
 EXACT_HELP = ("with --rerank: score the candidates by the exact output-head gradient cosine instead of the store's sketch of it "

@@ -270,10 +270,18 @@ def test_an_exact_rerank_scores_the_cosine_of_formed_head_gradients(pipeline_hom
         cands = torch.stack([head_gradient(model, tokens[h["sample_id"]], scale).flatten() for h in hits])
         cosines.append((cands @ query / cands.norm(dim=1) / query.norm()).numpy())
     np.testing.assert_allclose([h["score"] for h in hits], np.mean(cosines, axis=0), atol=1e-4)
+    users = [t for (t,) in con.execute("SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
+    together = attributor.query(users[:3], k=8, rerank=30, exact=True)  # candidates shared by the queries score once
+    for text, got in zip(users[:3], together, strict=True):
+        alone = attributor.query([text], k=8, rerank=30, exact=True)[0]
+        np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in alone], atol=1e-5)
     with pytest.raises(ConfigError, match="re-rank depth"):
         attributor.query([text], k=8, exact=True)
     assert main(["--config", config, "attribute", text, "--rerank", "30", "--exact"]) == 0
     assert "re-ranked by the exact output-head gradient cosine" in capsys.readouterr().out
+    assert not attributor.sketches_a_large_head()  # the tiny head is hashed whole: no note suggests --exact
+    assert main(["--config", config, "attribute", text, "--rerank", "30"]) == 0
+    assert "add --exact" not in capsys.readouterr().err
 
 
 def test_a_rerank_refuses_a_sketch_fitted_on_another_store(pipeline_home):
