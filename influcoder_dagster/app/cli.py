@@ -47,8 +47,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         attributor.query(texts[:1], 1, args.rerank, exact=args.exact)  # load the decoder and the store before the clock starts
     started = time.perf_counter()
     results = attributor.query(texts, args.k, args.rerank, prompts, args.exact)
-    _suggest_exact(args, attributor)
     ms = (time.perf_counter() - started) * 1000 / len(texts)
+    _suggest_exact(args, attributor)
     if args.json:
         print(json.dumps(results if args.file else results[0], indent=2))
         return 0
@@ -83,7 +83,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _suggest_exact(args, attributor)
     recall = "the gradient sketch" if attributor.sketch is not None else "the encoder"
     influence = "exact output-head gradient influence" if args.exact else "gradient influence"
-    method = f"index top-{args.rerank} (recalled by {recall}) re-ranked by {influence}" if args.rerank else f"encoder {attributor.manifest['encoder_version']}"
+    method = (f"index top-{args.rerank} (recalled by {recall}) re-ranked by {influence}" if args.rerank
+              else f"encoder {attributor.manifest['encoder_version']}")
     out = Path(args.out) if args.out else Paths(cfg.home_path).audits / datetime.now().strftime("%Y%m%d-%H%M%S")
     files = write_audit(out, queries, hits, method)
     print(f"audited {len(queries)} outputs; report {files['report']}, tables in {files['database']}")
