@@ -81,8 +81,13 @@ def inner_products(a: TokenFactors, b: TokenFactors) -> torch.Tensor:
 
 
 def squared_norms(f: TokenFactors) -> torch.Tensor:
-    """(f.n,) squared norms of the samples' head gradients (the diagonal of their inner products)."""
-    return inner_products(f, f).diagonal().clamp(min=1e-30)
+    """(f.n,) squared norms of the samples' head gradients: each sample's own token Gram matrix only
+    (the diagonal blocks), not every pair of the batch's tokens."""
+    import torch
+
+    counts = torch.bincount(f.owner, minlength=f.n).tolist()  # tokens come sample by sample
+    norms = [((d @ d.T) * (h @ h.T)).sum() for d, h in zip(f.deltas.split(counts), f.hidden.split(counts), strict=True)]
+    return torch.stack(norms).clamp(min=1e-30)
 
 
 class ExactHeadScorer:
