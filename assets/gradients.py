@@ -14,7 +14,8 @@ from ._wrap import run_stage
 @dg.asset(group_name="teacher", deps=["tokenized_corpus", "base_model", "projection_settings"], partitions_def=corpus_shards,
           kinds={"pytorch", "numpy"}, code_version="2", automation_condition=dg.AutomationCondition.eager(),
           description="gradients/<key>/<shard>.f16: row-major fp16 projected gradients of one shard; resumable, "
-                      "reused when the shard's tokens are unchanged. Runs in a subprocess through Dagster Pipes "
+                      "reused when the shard's tokens are unchanged; with projection.head_factors also <shard>.head.safetensors, "
+                      "the head's token factors for --rerank N --factors. Runs in a subprocess through Dagster Pipes "
                       "with projection.out_of_process, or as a Ray task with compute.backend = 'ray'.")
 def projected_gradients(context: dg.AssetExecutionContext, influcoder: InflucoderConfig) -> dg.MaterializeResult:
     cfg = influcoder.load()

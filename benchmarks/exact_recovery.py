@@ -18,7 +18,10 @@ store's checkpoints) gives the exact top-10. Then each path's share of it:
 
 and ``scan_spearman``, the mean per-query Spearman of the sketched and exact cosines over the
 store. The served exact re-rank is timed (p50) on the first ``--timed`` queries at the first depth,
-and its top-10 checked against the one computed from the scan.
+and its top-10 checked against the one computed from the scan. Where the store keeps head factors
+(``projection.head_factors``), also ``factor_scan`` (a scan of the whole store by the factors'
+cosine, with ``factor_spearman`` against the exact cosines) and ``factor_rerank@D`` (the served
+``--rerank D --factors``), timed at every depth.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from influcoder_dagster.serving.attribute import Attributor
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.head_exact import exact_head_scorer
+    from influcoder_dagster.teacher.head_factor_store import HeadFactorFiles, StoredFactorScorer
     from influcoder_dagster.teacher.projection import ProjectionSpec
     from influcoder_dagster.teacher.query_gradients import QueryGradients
     from influcoder_dagster.teacher.scoring import unit_rows
@@ -88,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     scan_s = time.perf_counter() - started
     sketched = unit_rows(gradients.of_texts(texts)).numpy() @ unit_rows(store.lookup(ids)).numpy().T
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
-    attributor.query(texts[:1], 1, args.depths[0], exact=True)  # loads the decoders, the store and the corpus's tokens
+    attributor.query(texts[:1], 1, args.depths[0], score="exact")  # loads the decoders, the store and the corpus's tokens
     truth = [top(e, ids, o) for e, o in zip(exact, own, strict=True)]
     position = {int(s): i for i, s in enumerate(ids)}
     found: dict[str, list[float]] = {"teacher_scan": [], "encoder": []}
@@ -102,10 +106,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             found.setdefault(f"exact_rerank@{depth}", []).append(overlap(top(exact[q, cols], recalled, o), truth[q]))
             scan_top = np.argsort(-sketched[q])[: depth + 1]
             found.setdefault(f"exact_over_scan@{depth}", []).append(overlap(top(exact[q, scan_top], ids[scan_top], o), truth[q]))
+    factor_row = {}
+    if attributor.keeps_head_factors():
+        scorer = StoredFactorScorer(exact_head_scorer(gradients.decoders()).heads, HeadFactorFiles(store))
+        factor_row = factor_paths(args.depths, attributor, scorer.cosines(queries, ids), texts, exact, own, ids, truth, found)
     times, agree = [], []
     for q in range(min(args.timed, len(texts))):
         start = time.perf_counter()
-        hits = attributor.query([texts[q]], args.depths[0], args.depths[0], exact=True)[0]
+        hits = attributor.query([texts[q]], args.depths[0], args.depths[0], score="exact")[0]
         times.append(time.perf_counter() - start)
         served = np.array([h["sample_id"] for h in hits])
         agree.append(top(np.array([h["score"] for h in hits]), served, own[q])
@@ -115,7 +123,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "scan_spearman": float(np.mean([spearmanr(e, s).statistic for e, s in zip(exact, sketched, strict=True)])),
             "exact_scan_s_per_query": round(scan_s / len(texts), 2),
             f"exact_rerank@{args.depths[0]}_ms_p50": round(float(np.median(times)) * 1000, 1) if times else None,
-            "served_exact_rerank_matches_scan": all(agree)}
+            "served_exact_rerank_matches_scan": all(agree), **factor_row}
+
+
+def factor_paths(depths: list[int], attributor: Any, scan: np.ndarray, texts: list[str], exact: np.ndarray, own: list[int],
+                 ids: np.ndarray, truth: list[list[int]], found: dict[str, list[float]]) -> dict[str, Any]:
+    """The head factors' share of the exact top-10: the whole store scanned by their cosines (``scan``)
+    and the served re-rank at each depth (timed); adds to ``found``, returns the scan's Spearman
+    against the exact cosines and the timings."""
+    from scipy.stats import spearmanr
+
+    found["factor_scan"] = [overlap(top(f, ids, o), t) for f, o, t in zip(scan, own, truth, strict=True)]
+    times: dict[str, list[float]] = {}
+    for q, (text, o) in enumerate(zip(texts, own, strict=True)):
+        for depth in depths:
+            start = time.perf_counter()
+            hits = attributor.query([text], K + 1, depth, score="factors")[0]
+            times.setdefault(f"factor_rerank@{depth}_ms_p50", []).append(time.perf_counter() - start)
+            found.setdefault(f"factor_rerank@{depth}", []).append(overlap([h["sample_id"] for h in hits if h["sample_id"] != o][:K], truth[q]))
+    return {"factor_spearman": float(np.mean([spearmanr(e, f).statistic for e, f in zip(exact, scan, strict=True)])),
+            **{name: round(float(np.median(v)) * 1000, 1) for name, v in times.items()}}
 
 
 def main() -> None:

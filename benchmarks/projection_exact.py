@@ -67,21 +67,16 @@ def exact_cosines(factors: Any) -> np.ndarray:
 
 
 def factor_cosines(factors: Any, k: int, basis: Any) -> np.ndarray:
-    """Cosines from each token's ``k`` largest logit-gradient entries and its hidden state in ``basis``."""
+    """Cosines from each token's ``k`` largest logit-gradient entries and its hidden state in ``basis``
+    (both sides compressed, as the store keeps a sample: ``teacher/head_factors.py``)."""
     import torch
 
     from influcoder_dagster.teacher.head_exact import TokenFactors
+    from influcoder_dagster.teacher.head_factors import compress
 
-    top = factors.deltas.abs().topk(k, dim=1).indices
-    sparse = torch.zeros_like(factors.deltas).scatter_(1, top, factors.deltas.gather(1, top))
-    return exact_cosines(TokenFactors(sparse, factors.hidden @ basis, factors.owner, factors.n))
-
-
-def hidden_basis(factors: Any, rank: int) -> Any:
-    """The top ``rank`` right singular vectors of the loss tokens' hidden states (d, rank)."""
-    import torch
-
-    return torch.linalg.svd(factors.hidden, full_matrices=False).Vh[:rank].T
+    c = compress(factors, basis, k)
+    sparse = torch.zeros_like(factors.deltas).scatter_(1, c.ids, c.values)
+    return exact_cosines(TokenFactors(sparse, c.coords, c.owner, c.n))
 
 
 def cosines(gram: Any) -> np.ndarray:
@@ -122,6 +117,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from influcoder_dagster.teacher.base_model import base_model_record
     from influcoder_dagster.teacher.checkpoints import checkpoints_of
     from influcoder_dagster.teacher.decoder import load_decoder
+    from influcoder_dagster.teacher.head_factors import fit_basis
     from influcoder_dagster.teacher.logit_fisher import read_row_scale
 
     final = checkpoints_of(base_model_record(Paths(args.home)))[-1]  # the base_model stage's final state
@@ -138,7 +134,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                            "head_coordinates": head.in_features * head.out_features, "exact_s": round(time.perf_counter() - start, 1),
                            "widths": {}, "factors": {}}
     for rank in args.factor_rank:
-        basis = hidden_basis(head_factors(model, tokenizer.pad_token_id, fit_samples, scale), rank)
+        basis = fit_basis(head_factors(model, tokenizer.pad_token_id, fit_samples, scale).hidden, rank)
         for k in args.factor_k:
             rho, top = agreement(factor_cosines(factors, k, basis), exact)
             bytes_per_sample = len(factors.owner) / n * (6 * k + 2 * rank)

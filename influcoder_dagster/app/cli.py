@@ -44,9 +44,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             print(f"note: query {i} has {total} tokens; the encoder reads the first {read}"
                   + (f"; the re-rank's decoder reads at most {cfg.model.max_length} of its own tokens" if args.rerank else ""), file=sys.stderr)
     if args.rerank:
-        attributor.query(texts[:1], 1, args.rerank, exact=args.exact)  # load the decoder and the store before the clock starts
+        attributor.query(texts[:1], 1, args.rerank, score=_score(args))  # load the decoder and the store before the clock starts
     started = time.perf_counter()
-    results = attributor.query(texts, args.k, args.rerank, prompts, args.exact)
+    results = attributor.query(texts, args.k, args.rerank, prompts, _score(args))
     ms = (time.perf_counter() - started) * 1000 / len(texts)
     _suggest_exact(args, attributor)
     if args.json:
@@ -60,8 +60,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         print(_table([{**h, "score": f"{h['score']:.3f}", "index_score": f"{h.get('index_score', 0):.3f}"} for h in hits], cols))
         print()
     recall = "the query's gradient sketch" if attributor.sketch is not None else "the encoder"
-    score = "the exact output-head gradient cosine" if args.exact else "the teacher's gradient score"
-    how = f"top-{args.rerank} recalled by {recall}, re-ranked by {score}" if args.rerank else "encoder similarity"
+    how = f"top-{args.rerank} recalled by {recall}, re-ranked by {SCORED_BY[_score(args)]}" if args.rerank else "encoder similarity"
     print(f"{ms:.1f} ms per query ({how}; encoder {attributor.manifest['encoder_version']}, {attributor.index.ntotal} samples)")
     return 0
 
@@ -79,11 +78,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{args.file}: no queries", file=sys.stderr)
         return 2
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
-    hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries], args.exact)
+    hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries], _score(args))
     _suggest_exact(args, attributor)
     recall = "the gradient sketch" if attributor.sketch is not None else "the encoder"
-    influence = "exact output-head gradient influence" if args.exact else "gradient influence"
-    method = (f"index top-{args.rerank} (recalled by {recall}) re-ranked by {influence}" if args.rerank
+    method = (f"index top-{args.rerank} (recalled by {recall}) re-ranked by {SCORED_BY[_score(args)]}" if args.rerank
               else f"encoder {attributor.manifest['encoder_version']}")
     out = Path(args.out) if args.out else Paths(cfg.home_path).audits / datetime.now().strftime("%Y%m%d-%H%M%S")
     files = write_audit(out, queries, hits, method)
@@ -151,13 +149,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _suggest_exact(args: argparse.Namespace, attributor: Any) -> None:
     """On stderr: a sketch re-rank of a pretrained vocabulary's head is mostly projection noise."""
-    if args.rerank and not args.exact and attributor.sketches_a_large_head():
+    if args.rerank and _score(args) == "sketch" and attributor.sketches_a_large_head():
+        instead = ("add --factors to score them by the store's head factors (or --exact: the exact head gradient, "
+                   "a forward pass per candidate)" if attributor.keeps_head_factors() else
+                   "add --exact to score them by the exact head gradient")
         print("note: this store sketches a large output head, whose sketch keeps a small share of the exact "
-              "influence's top-k; add --exact to score the candidates by the exact head gradient", file=sys.stderr)
+              f"influence's top-k; {instead}", file=sys.stderr)
 
 
-EXACT_HELP = ("with --rerank: score the candidates by the exact output-head gradient cosine instead of the store's sketch of it "
-              "(a forward pass per candidate; needs projection.target = 'head', the default)")
+def _score(args: argparse.Namespace) -> str:
+    return "exact" if args.exact else "factors" if args.factors else "sketch"
+
+
+SCORED_BY = {"sketch": "the teacher's gradient score", "exact": "the exact output-head gradient cosine",
+             "factors": "the output-head gradient cosine of the store's head factors"}
+
+
+def _add_scoring(parser: argparse.ArgumentParser) -> None:
+    """--exact and --factors: how a re-rank scores its candidates (the store's sketch without either)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--exact", action="store_true", help="with --rerank: score the candidates by the exact output-head "
+                       "gradient cosine instead of the store's sketch of it (a forward pass per candidate; needs "
+                       "projection.target = 'head', the default)")
+    group.add_argument("--factors", action="store_true", help="with --rerank: score the candidates by the output-head gradients "
+                       "of the head factors the store keeps (projection.head_factors; the query's stays exact): no forward "
+                       "pass per candidate")
 
 
 def _positive(kind: type) -> Any:
@@ -188,13 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-k", type=_positive(int), default=10, help="samples to return per query")
     a.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N",
                    help="recall N candidates from the index, return the top-k by exact gradient influence")
-    a.add_argument("--exact", action="store_true", help=EXACT_HELP)
+    _add_scoring(a)
     a.add_argument("--json", action="store_true")
     au = sub.add_parser("audit", help="attribute a set of bad outputs and rank the training samples behind many of them")
     au.add_argument("--file", required=True, help="JSONL of outputs: {'text': ..., optional 'prompt' and 'query_id'}")
     au.add_argument("-k", type=_positive(int), default=20, help="samples per output")
     au.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N", help="re-rank the index's top-N by exact gradient influence")
-    au.add_argument("--exact", action="store_true", help=EXACT_HELP)
+    _add_scoring(au)
     au.add_argument("--out", help="folder for report.md, scores.png and audit.duckdb (default: <home>/audits/<time>)")
     s = sub.add_parser("sql", help="run SQL on the rankings database (a read-only snapshot; no other file is reachable)")
     s.add_argument("query")

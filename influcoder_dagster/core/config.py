@@ -81,6 +81,19 @@ class ProjectionConfig(_Section):
                              "checkpoints: 2, 4, 8), each with its own LoRA warm-up; for a local model, evenly spaced steps "
                              "of the LoRA warm-up (a local model with target = 'weights' or 'head' has one state). Store size and "
                              "extraction time grow with it")
+    head_factors: Literal["auto", "on", "off"] = Field(
+        "auto", description="target = 'head': beside each shard's sketch, keep each loss token's largest logit-gradient entries and "
+        "its head input in a low-rank basis (<shard>.head.safetensors), which attribute/audit --rerank N --factors score "
+        "without a forward pass per candidate; auto: where the head is hashed factored (a pretrained vocabulary, whose sketch "
+        "keeps a small share of the exact top-10)")
+    head_factors_top_k: int = Field(8, ge=1, description="logit-gradient entries kept per loss token in the head factors")
+    head_factors_rank: int = Field(32, ge=1, description="rank of a shard's basis for the head inputs in the head factors")
+
+    @model_validator(mode="after")
+    def _factors_need_the_head(self) -> ProjectionConfig:
+        if self.head_factors == "on" and self.target != "head":
+            raise ValueError("projection.head_factors = 'on' keeps the output head's token factors: it needs target = 'head'")
+        return self
 
     @model_validator(mode="after")
     def _adam_needs_lora_sketch(self) -> ProjectionConfig:

@@ -12,17 +12,20 @@ the teacher's top-10 far better than the encoder's prediction of it (demo, 10k s
 1.00 against 0.29). A text-embedding index (the ``rankings`` objective) is searched with the
 encoder's embedding.
 
-With ``exact=True`` (a teacher of the output head only) the N candidates are scored by their exact
-head-gradient cosine with the query instead of the store's sketch of it
+With ``score="exact"`` (a teacher of the output head only) the N candidates are scored by their
+exact head-gradient cosine with the query instead of the store's sketch of it
 (:mod:`influcoder_dagster.teacher.head_exact`): a forward pass per candidate, read from the
 tokenized corpus. On a large vocabulary the sketch keeps a small share of the exact top-10
-(SmolLM2 at 2,048: 0.28), so this is the answer to trust where the cost is affordable.
+(SmolLM2 at 2,048: 0.28), so this is the answer to trust where the cost is affordable. With
+``score="factors"`` the candidates' gradients come from the head factors the store keeps beside
+its rows (``projection.head_factors``; :mod:`influcoder_dagster.teacher.head_factor_store`), the
+query's stay exact: no forward pass per candidate.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,11 +40,14 @@ from influcoder_dagster.student.sketch import BASIS_FILE, Sketch
 from influcoder_dagster.teacher.base_model import base_model_record
 from influcoder_dagster.teacher.gradients import trackable_modules
 from influcoder_dagster.teacher.head_exact import ExactHeadScorer, exact_head_scorer
+from influcoder_dagster.teacher.head_factor_store import HeadFactorFiles, StoredFactorScorer
 from influcoder_dagster.teacher.preconditioner import read_preconditioner
 from influcoder_dagster.teacher.projection import ProjectionSpec
 from influcoder_dagster.teacher.query_gradients import QueryGradients
 from influcoder_dagster.teacher.scoring import apply_preconditioner, unit_rows
 from influcoder_dagster.teacher.store import open_store
+
+Score = Literal["sketch", "factors", "exact"]  # how a re-rank scores its candidates
 
 
 class Attributor:
@@ -73,11 +79,12 @@ class Attributor:
                 "text": self._cols["text"][i], **extra}
 
     def query(self, texts: list[str], k: int = 10, rerank: int = 0, prompts: list[str | None] | None = None,
-              exact: bool = False) -> list[list[dict[str, Any]]]:
-        """Top-k samples per text; with ``rerank`` > k, recalled from the index and ordered by the teacher
-        (``exact``: by the exact output-head gradient cosine rather than the store's sketch of it)."""
-        if exact and not rerank:
-            raise ConfigError("exact scoring re-ranks recalled candidates: give a re-rank depth (--rerank N) with it")
+              score: Score = "sketch") -> list[list[dict[str, Any]]]:
+        """Top-k samples per text; with ``rerank`` > k, recalled from the index and ordered by the teacher:
+        by the store's sketch of its gradient cosine, or (a head teacher) by the exact output-head
+        gradient cosine, or by the store's head factors' approximation of it."""
+        if score != "sketch" and not rerank:
+            raise ConfigError(f"{score} scoring re-ranks recalled candidates: give a re-rank depth (--rerank N) with it")
         if not rerank:
             scores, ids = search(self.index, self.encoder.encode(texts), k)
             return [[self._hit(r, int(sid), float(s)) for r, (s, sid) in enumerate(zip(srow, irow, strict=True), start=1) if sid >= 0]
@@ -91,7 +98,7 @@ class Attributor:
         valid = ids >= 0
         candidates = [irow[v] for irow, v in zip(ids, valid, strict=True)]
         teacher = self._loaded_teacher()
-        teacher_rows = teacher.exact_scores(texts, prompts, candidates) if exact else teacher.scores(grads, candidates)
+        teacher_rows = teacher.scores(grads, candidates) if score == "sketch" else teacher.head_scores(texts, prompts, candidates, score)
         out = []
         for srow, irow, v, teacher_scores in zip(scores, ids, valid, teacher_rows, strict=True):
             cands, recalled = irow[v], srow[v]
@@ -104,6 +111,10 @@ class Attributor:
         """Whether the store hashes a pretrained vocabulary's head (above 4 M coordinates), whose
         sketch keeps a small share of the exact ranking (SmolLM2: 0.28 of the top-10, docs/results.md)."""
         return any(m.factored for m in self._loaded_teacher().gradients.spec.modules)
+
+    def keeps_head_factors(self) -> bool:
+        """Whether every published shard of the store has its head factors (``score="factors"``)."""
+        return HeadFactorFiles.complete(self._loaded_teacher().store)
 
     def _loaded_teacher(self) -> _Teacher:
         if self._teacher is None:
@@ -127,7 +138,9 @@ class _Teacher:
         self.inverse = read_preconditioner(self.store)
         self.gradients = QueryGradients(base, ProjectionSpec.from_json(self.store.manifest["projection"]), max_length)
         self.paths, self.max_length = paths, max_length
-        self._exact: tuple[ExactHeadScorer, _CorpusTokens] | None = None
+        self._exact: ExactHeadScorer | None = None
+        self._tokens: _CorpusTokens | None = None
+        self._factors: StoredFactorScorer | None = None
 
     def query_side(self, texts: list[str], prompts: list[str | None] | None) -> np.ndarray:
         """The queries' plain projected gradients, times ``(F + lambda I)^-1`` when the rankings are
@@ -145,20 +158,29 @@ class _Teacher:
         queries = unit_rows(gradients)
         return [(rows[np.searchsorted(wanted, c)] @ q).numpy() for q, c in zip(queries, candidates, strict=True)]
 
-    def exact_scores(self, texts: list[str], prompts: list[str | None] | None, candidates: list[np.ndarray]) -> list[np.ndarray]:
-        """Each query's exact head-gradient cosine with each of its candidates (their corpus token ids);
-        a candidate several queries share (an audit's) runs through the decoder once."""
+    def head_scores(self, texts: list[str], prompts: list[str | None] | None, candidates: list[np.ndarray],
+                    score: Score) -> list[np.ndarray]:
+        """Each query's exact head-gradient cosine with each of its candidates (``exact``: from their
+        corpus token ids, a candidate several queries share run through the decoder once; ``factors``:
+        from the store's head factors)."""
         wanted = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, dtype=np.int64)
         if not len(wanted):
             return [np.zeros(0, dtype=np.float32) for _ in candidates]
-        scorer, tokens = self._exact_scorer()
         queries = tokenize_for_loss(self.gradients.tokenizer(), texts, self.max_length, prompts)
-        scores = scorer.cosines(queries, tokens.of(wanted)).astype(np.float32)
-        return [scores[i, np.searchsorted(wanted, c)] for i, c in enumerate(candidates)]
+        if score == "exact":
+            scores = self._head_scorer().cosines(queries, self._corpus_tokens().of(wanted))
+        else:
+            scores = self._factor_scorer().cosines(queries, wanted)
+        return [scores[i, np.searchsorted(wanted, c)].astype(np.float32) for i, c in enumerate(candidates)]
 
-    def _exact_scorer(self) -> tuple[ExactHeadScorer, _CorpusTokens]:
-        """The scorer and every sample's token ids, loaded on first use; refused unless the store holds
-        the output head's gradient alone, unpreconditioned (what the exact cosine computes)."""
+    def _factor_scorer(self) -> StoredFactorScorer:
+        if self._factors is None:
+            self._factors = StoredFactorScorer(self._head_scorer().heads, HeadFactorFiles(self.store))
+        return self._factors
+
+    def _head_scorer(self) -> ExactHeadScorer:
+        """The decoders' exact head scorer, loaded on first use; refused unless the store holds the
+        output head's gradient alone, unpreconditioned (what the exact cosine computes)."""
         if self._exact is None:
             decoders = self.gradients.decoders()
             head = [name for name, _, _ in trackable_modules(decoders[-1][0], "head")]
@@ -167,8 +189,13 @@ class _Teacher:
                                   f"{[m.name for m in self.gradients.spec.modules][:3]}"
                                   + (" preconditioned" if self.inverse is not None else "")
                                   + ": re-rank without it, or build the store with projection.target = 'head'")
-            self._exact = exact_head_scorer(decoders), _CorpusTokens(self.paths.corpus)
+            self._exact = exact_head_scorer(decoders)
         return self._exact
+
+    def _corpus_tokens(self) -> _CorpusTokens:
+        if self._tokens is None:
+            self._tokens = _CorpusTokens(self.paths.corpus)
+        return self._tokens
 
 
 class _CorpusTokens:

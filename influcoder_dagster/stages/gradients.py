@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -18,6 +19,9 @@ from influcoder_dagster.stages.result import StageResult
 from influcoder_dagster.teacher.base_model import base_model_record
 from influcoder_dagster.teacher.checkpoints import load_checkpoint_decoders
 from influcoder_dagster.teacher.gradients import projection_for
+from influcoder_dagster.teacher.head_exact import exact_head_scorer
+from influcoder_dagster.teacher.head_factor_store import factors_path, write_shard_factors, written_for
+from influcoder_dagster.teacher.projection import ProjectionSpec
 from influcoder_dagster.teacher.query_gradients import pool_extractor
 from influcoder_dagster.teacher.store import GradientStore, StoreError, requested_projection
 
@@ -38,13 +42,14 @@ def run_shard_gradients(cfg: Config, name: str, progress: bool = True) -> StageR
     computed = 0
     if store is None or not store.has_shard(name, entry["fingerprint"]):
         store, computed = _extract_shard(cfg, paths, base, name, entry["fingerprint"], progress)
+    factor_bytes = _head_factors(cfg, paths, store, base, name, entry["fingerprint"], progress) if _keeps_head_factors(cfg, store) else 0
     seconds = time.perf_counter() - started
     rows = store.finished(name)["rows"]
     return StageResult({
         "path": str(store.root / f"{name}.f16"), "store_key": store.root.name, "rows": rows, "rows_computed": computed,
         "dim": store.dim, "projection": p.kind, "seed": p.seed, "modules": len(store.manifest["projection"]["modules"]),
         "base_model_hash": base["model_hash"],
-        "content_hash": entry["content_hash"], "bytes": rows * store.dim * 2,
+        "content_hash": entry["content_hash"], "bytes": rows * store.dim * 2, "head_factor_bytes": factor_bytes,
         "samples_per_s": computed / seconds if computed else None,
     }, short_hash(store.root.name, entry["fingerprint"]))
 
@@ -70,3 +75,26 @@ def _extract_shard(cfg: Config, paths: Paths, base: dict[str, Any], name: str, f
         computed += len(rows)
     writer.finish()
     return store, computed
+
+
+def _keeps_head_factors(cfg: Config, store: GradientStore) -> bool:
+    """``projection.head_factors``: 'on', or 'auto' where the store hashes the head factored (a
+    pretrained vocabulary's, whose sketch keeps a small share of the exact top-10)."""
+    p = cfg.projection
+    modules = ProjectionSpec.from_json(store.manifest["projection"]).modules
+    return p.target == "head" and (p.head_factors == "on" or (p.head_factors == "auto" and any(m.factored for m in modules)))
+
+
+def _head_factors(cfg: Config, paths: Paths, store: GradientStore, base: dict[str, Any], name: str, fingerprint: str, progress: bool
+                  ) -> int:
+    """The shard's head factor file, written unless one for its tokens and settings exists; its size."""
+    p, path = cfg.projection, factors_path(store.root, name)
+    wanted = {"fingerprint": fingerprint, "top_k": str(p.head_factors_top_k), "rank": str(p.head_factors_rank)}
+    if written_for(path) != wanted:
+        table = pq.read_table(paths.corpus / f"{name}.parquet", columns=["sample_id", "input_ids"])
+        if not np.array_equal(table.column("sample_id").to_numpy(), store.ids(name)):
+            raise StoreError(f"shard {name}: the tokenized rows are not the store's rows; materialize projected_gradients[{name}] again")
+        heads = exact_head_scorer(load_checkpoint_decoders(base)).heads
+        samples = [Encoded(ids) for ids in table.column("input_ids").to_pylist()]
+        write_shard_factors(path, heads, samples, fingerprint, p.head_factors_top_k, p.head_factors_rank, p.batch_size, progress)
+    return path.stat().st_size

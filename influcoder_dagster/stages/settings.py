@@ -28,8 +28,8 @@ def settings_of(cfg: Config, section: str) -> dict[str, Any]:
     """The content-deciding settings of ``section``."""
     if section == "dataset":
         return {**cfg.dataset.model_dump(include={"text_field", "max_chars", "min_chars"}), "max_length": cfg.model.max_length}
-    if section == "projection":
-        return requested_projection(cfg)
+    if section == "projection":  # the head factors beside the store rows too
+        return {**requested_projection(cfg), **cfg.projection.model_dump(include={"head_factors", "head_factors_top_k", "head_factors_rank"})}
     if section == "rankings":
         return {**cfg.rankings.model_dump(), "k": cfg.k}
     return getattr(cfg, section).model_dump()

@@ -35,7 +35,7 @@ from influcoder_dagster.core.errors import InflucoderError, MissingUpstreamError
 from influcoder_dagster.core.paths import Paths
 
 MANIFEST = "manifest.json"
-SHARD_SUFFIXES = (".f16", ".ids.npy", ".json", ".f16.partial", ".done.npy", ".partial.json")  # <shard><suffix>
+SHARD_SUFFIXES = (".f16", ".ids.npy", ".json", ".f16.partial", ".done.npy", ".partial.json", ".head.safetensors")  # <shard><suffix>
 
 
 def store_key(model_hash: str, projection: dict[str, Any], requested: dict[str, Any] | None = None) -> str:
@@ -276,7 +276,8 @@ class GradientStore:
 def requested_projection(cfg: Config) -> dict[str, Any]:
     """The projection settings that decide the store's rows (batch size and where it runs do not;
     the LoRA recipe and the checkpoints are in the model hash)."""
-    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process", "lora_rank", "lora_warmup_steps", "lora_lr", "checkpoints"})
+    return cfg.projection.model_dump(exclude={"batch_size", "out_of_process", "lora_rank", "lora_warmup_steps", "lora_lr", "checkpoints",
+                                              "head_factors", "head_factors_top_k", "head_factors_rank"})
 
 
 def open_store(paths: Paths) -> GradientStore:

@@ -257,7 +257,7 @@ def test_an_exact_rerank_scores_the_cosine_of_formed_head_gradients(pipeline_hom
     con = connect_readonly(home)
     text, prompt = con.execute("SELECT text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchone()
     attributor = Attributor(home)
-    hits = attributor.query([text], k=8, rerank=30, prompts=[prompt], exact=True)[0]
+    hits = attributor.query([text], k=8, rerank=30, prompts=[prompt], score="exact")[0]
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     decoders = load_checkpoint_decoders(base_model_record(Paths(home)))
     assert len(decoders) > 1  # the default scores several checkpoints
@@ -271,17 +271,60 @@ def test_an_exact_rerank_scores_the_cosine_of_formed_head_gradients(pipeline_hom
         cosines.append((cands @ query / cands.norm(dim=1) / query.norm()).numpy())
     np.testing.assert_allclose([h["score"] for h in hits], np.mean(cosines, axis=0), atol=1e-4)
     users = [t for (t,) in con.execute("SELECT text FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()]
-    together = attributor.query(users[:3], k=8, rerank=30, exact=True)  # candidates shared by the queries score once
+    together = attributor.query(users[:3], k=8, rerank=30, score="exact")  # candidates shared by the queries score once
     for text, got in zip(users[:3], together, strict=True):
-        alone = attributor.query([text], k=8, rerank=30, exact=True)[0]
+        alone = attributor.query([text], k=8, rerank=30, score="exact")[0]
         np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in alone], atol=1e-5)
     with pytest.raises(ConfigError, match="re-rank depth"):
-        attributor.query([text], k=8, exact=True)
+        attributor.query([text], k=8, score="exact")
     assert main(["--config", config, "attribute", text, "--rerank", "30", "--exact"]) == 0
     assert "re-ranked by the exact output-head gradient cosine" in capsys.readouterr().out
     assert not attributor.sketches_a_large_head()  # the tiny head is hashed whole: no note suggests --exact
     assert main(["--config", config, "attribute", text, "--rerank", "30"]) == 0
     assert "add --exact" not in capsys.readouterr().err
+
+
+def test_a_factor_rerank_at_full_width_scores_the_exact_head_cosine(pipeline_home, tmp_path, capsys):
+    """``projection.head_factors = 'on'`` makes the gradients stage keep each shard's head factors
+    beside its rows (the store's rows reused). At the head's full width (every vocabulary entry, the
+    hidden size as the rank) they lose nothing, so a factor re-rank scores what the exact one does,
+    up to fp16: the files, their rows' order and the lookup by sample id are all checked."""
+    import shutil
+
+    from conftest import TINY_CONFIG
+
+    from influcoder_dagster.app.runner import failure_messages, materialize
+    from influcoder_dagster.core.errors import MissingUpstreamError
+    from influcoder_dagster.serving.attribute import Attributor
+    from influcoder_dagster.teacher.head_factor_store import SUFFIX
+
+    source, _, _ = pipeline_home
+    assert not Attributor(source).keeps_head_factors()  # 'auto' keeps none for a head hashed whole
+    with pytest.raises(MissingUpstreamError, match="head.safetensors is missing"):
+        Attributor(source).query(["topic 3"], k=5, rerank=20, score="factors")
+    home = tmp_path / "home"
+    shutil.copytree(source, home)
+    store = open_store(Paths(home))
+    rows_before = {f.name: f.stat().st_mtime_ns for f in store.root.glob("*.f16")}
+    config = tmp_path / "factors.toml"
+    config.write_text(f'home = "{home}"\n' + TINY_CONFIG.replace("[projection]\n", "[projection]\nhead_factors = \"on\"\n"
+                                                                 "head_factors_top_k = 1024\nhead_factors_rank = 64\n"))
+    result = materialize(str(config), home, ["projected_gradients"])
+    assert result.success, failure_messages(result)
+    assert sorted(f.name.removesuffix(SUFFIX) for f in store.root.glob(f"*{SUFFIX}")) == store.shard_names
+    assert {f.name: f.stat().st_mtime_ns for f in store.root.glob("*.f16")} == rows_before  # the rows were reused
+    con = connect_readonly(home)
+    users = con.execute("SELECT text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()
+    attributor = Attributor(home)
+    assert attributor.keeps_head_factors()
+    texts, prompts = [t for t, _ in users[:3]], [p for _, p in users[:3]]
+    factors = attributor.query(texts, k=8, rerank=40, prompts=prompts, score="factors")
+    exact = attributor.query(texts, k=8, rerank=40, prompts=prompts, score="exact")
+    for got, want in zip(factors, exact, strict=True):
+        assert [h["sample_id"] for h in got] == [h["sample_id"] for h in want]
+        np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in want], atol=2e-3)
+    assert main(["--config", str(config), "attribute", texts[0], "--rerank", "30", "--factors"]) == 0
+    assert "re-ranked by the output-head gradient cosine of the store's head factors" in capsys.readouterr().out
 
 
 def test_a_rerank_refuses_a_sketch_fitted_on_another_store(pipeline_home):

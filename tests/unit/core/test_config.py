@@ -21,6 +21,16 @@ def test_the_logit_fisher_applies_to_the_head_target_only(tmp_path):
     assert type(cfg).model_validate_json(cfg.model_dump_json()) == cfg  # as a worker process receives it
 
 
+def test_head_factors_need_the_head_target_and_do_not_key_the_store(tmp_path):
+    from influcoder_dagster.teacher.store import requested_projection
+
+    (tmp_path / "lora.toml").write_text('[projection]\ntarget = "lora"\nhead_factors = "on"\n')
+    with pytest.raises(ConfigError, match="head_factors.*target = 'head'"):
+        load_config(tmp_path / "lora.toml")
+    (tmp_path / "on.toml").write_text('[projection]\nhead_factors = "on"\nhead_factors_rank = 16\n')
+    assert requested_projection(load_config(tmp_path / "on.toml")) == requested_projection(load_config())  # same store rows
+
+
 def test_file_values_relative_paths_and_env_override(tmp_path, monkeypatch):
     (tmp_path / "c.toml").write_text('home = "store"\nk = 5\n[dataset]\npath = "data"\n[projection]\ndim = 512\n')
     monkeypatch.delenv("INFLUCODER_HOME", raising=False)

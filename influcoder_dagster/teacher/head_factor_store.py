@@ -1,0 +1,167 @@
+"""Compressed head factors beside the gradient store: one safetensors file per shard.
+
+``<store>/<shard>.head.safetensors`` holds, for each of the store's checkpoints ``c``, the shard's
+rows in the store's row order: ``c.offsets`` (rows + 1) into its loss tokens, ``c.ids`` and
+``c.values`` (tokens, top_k), ``c.coords`` (tokens, rank), ``c.basis`` (d, rank) and ``c.norms``
+(rows: the compressed gradients' squared norms); its metadata the shard's token fingerprint, so a
+file of older tokens is never read (:mod:`influcoder_dagster.teacher.head_factors` says what they
+are). The basis is fitted on up to :data:`BASIS_SAMPLES` evenly spaced rows of the shard itself,
+so a shard's file depends on its own texts only. A file is written whole, atomically; an
+interrupted shard is recomputed (a forward pass per row, no backward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from influcoder_dagster.core.atomic import atomic_path
+from influcoder_dagster.core.errors import MissingUpstreamError
+from influcoder_dagster.data.tokens import Encoded, length_sorted_batches
+from influcoder_dagster.teacher.head_exact import HeadFactors, squared_norms
+from influcoder_dagster.teacher.head_factors import CompressedFactors, compress, compressed_squared_norms, fit_basis, inner_products
+
+if TYPE_CHECKING:
+    import torch
+
+SUFFIX = ".head.safetensors"
+BASIS_SAMPLES = 512  # rows of a shard whose hidden states fit its basis
+
+
+def factors_path(store_root: Path, shard: str) -> Path:
+    return store_root / f"{shard}{SUFFIX}"
+
+
+def written_for(path: Path) -> dict[str, str] | None:
+    """The token fingerprint and settings (``top_k``, ``rank``) a shard's factor file was written
+    for, or None when there is none."""
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: v for k, v in f.metadata().items() if k in ("fingerprint", "top_k", "rank")}
+
+
+def _current(store: Any, name: str) -> bool:
+    written = written_for(factors_path(store.root, name))
+    return written is not None and written["fingerprint"] == store.manifest["shards"][name]["fingerprint"]
+
+
+def write_shard_factors(path: Path, heads: Sequence[HeadFactors], samples: Sequence[Encoded], fingerprint: str,
+                        top_k: int, rank: int, batch_size: int = 16, progress: bool = False) -> int:
+    """Write the compressed factors of ``samples`` (a shard's rows, in order) at every checkpoint's
+    head; returns the file's size in bytes."""
+    tensors: dict[str, np.ndarray] = {}
+    for c, head in enumerate(heads):
+        basis = _shard_basis(head, samples, rank, batch_size)
+        per_row: list[tuple[Any, Any, Any]] = [None] * len(samples)  # type: ignore[list-item]
+        norms = np.zeros(len(samples), dtype=np.float32)
+        batches = list(length_sorted_batches([len(s.input_ids) for s in samples], batch_size))
+        for idx in tqdm(batches, desc=f"head factors {path.name.split('.')[0]}", disable=not progress):
+            full = head.of([samples[i] for i in idx])
+            factors = compress(full, basis, top_k)
+            norms[idx] = compressed_squared_norms(factors, full.deltas.shape[1]).numpy()
+            counts = np.bincount(factors.owner.numpy(), minlength=len(idx)).tolist()
+            for i, ids, values, coords in zip(idx, factors.ids.split(counts), factors.values.split(counts),
+                                              factors.coords.split(counts), strict=True):
+                per_row[i] = (ids, values, coords)
+        tensors.update(_checkpoint_tensors(c, per_row, basis, norms, path))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "checkpoints": str(len(heads)),
+                                               "top_k": str(top_k), "rank": str(rank)})
+    return path.stat().st_size
+
+
+def _shard_basis(head: HeadFactors, samples: Sequence[Encoded], rank: int, batch_size: int) -> torch.Tensor:
+    import torch
+
+    rows = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), BASIS_SAMPLES)).astype(int))
+    hidden = [head.of([samples[i] for i in rows[j : j + batch_size]]).hidden for j in range(0, len(rows), batch_size)]
+    return fit_basis(torch.cat(hidden), rank)
+
+
+def _checkpoint_tensors(c: int, per_row: list[tuple[Any, Any, Any]], basis: Any, norms: np.ndarray, path: Path
+                        ) -> dict[str, np.ndarray]:
+    import torch
+
+    offsets = np.concatenate([[0], np.cumsum([len(r[0]) for r in per_row])]).astype(np.int64)
+    with np.errstate(over="ignore"):
+        values = torch.cat([r[1] for r in per_row]).numpy().astype(np.float16)
+        coords = torch.cat([r[2] for r in per_row]).numpy().astype(np.float16)
+    if not (np.isfinite(values).all() and np.isfinite(coords).all() and np.isfinite(norms).all()):
+        raise FloatingPointError(f"{path.name}: a non-finite or fp16-overflowing head factor")
+    return {f"{c}.offsets": offsets, f"{c}.ids": torch.cat([r[0] for r in per_row]).numpy().astype(np.int32),
+            f"{c}.values": values, f"{c}.coords": coords, f"{c}.basis": basis.numpy(), f"{c}.norms": norms}
+
+
+class HeadFactorFiles:
+    """The published shards' factor files of one store, each read into memory on first use (a
+    SmolLM2 passage holds about 3 KB); rows looked up by sample id."""
+
+    def __init__(self, store: Any) -> None:
+        self.paths = {}
+        for name in store.shard_names:
+            self.paths[name] = factors_path(store.root, name)
+            if not _current(store, name):
+                raise MissingUpstreamError(f"{self.paths[name]} is missing or was written for other tokens (projection.head_factors "
+                                           "= 'on' writes it)", f"projected_gradients[{name}]")
+        self.ids = {name: store.ids(name) for name in self.paths}
+        self._loaded: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def complete(store: Any) -> bool:
+        """Whether every published shard has a factor file for its current tokens."""
+        return bool(store.shard_names) and all(_current(store, n) for n in store.shard_names)
+
+    def of(self, sample_ids: np.ndarray, checkpoint: int) -> list[tuple[np.ndarray, CompressedFactors, Any, Any]]:
+        """Per shard holding some of ``sample_ids``: their positions in ``sample_ids``, their factors,
+        the shard's basis and their compressed squared norms."""
+        import torch
+
+        out = []
+        for name, ids in self.ids.items():
+            order = np.argsort(ids, kind="stable")
+            pos = np.clip(np.searchsorted(ids[order], sample_ids), 0, max(len(ids) - 1, 0))
+            where = np.flatnonzero(ids[order][pos] == sample_ids) if len(ids) else np.zeros(0, dtype=np.int64)
+            if not len(where):
+                continue
+            rows, t = order[pos[where]], self._tensors(name, checkpoint)
+            starts, ends = t["offsets"][rows], t["offsets"][rows + 1]
+            tokens = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            owner = np.repeat(np.arange(len(rows)), ends - starts)
+            factors = CompressedFactors(torch.from_numpy(t["ids"][tokens]).long(), torch.from_numpy(t["values"][tokens]).float(),
+                                        torch.from_numpy(t["coords"][tokens]).float(), torch.from_numpy(owner), len(rows))
+            out.append((where, factors, torch.from_numpy(t["basis"]), torch.from_numpy(t["norms"][rows])))
+        return out
+
+    def _tensors(self, name: str, checkpoint: int) -> dict[str, np.ndarray]:
+        key = f"{name}/{checkpoint}"
+        if key not in self._loaded:
+            with safe_open(str(self.paths[name]), framework="numpy") as f:
+                self._loaded[key] = {k: f.get_tensor(f"{checkpoint}.{k}") for k in ("offsets", "ids", "values", "coords", "basis", "norms")}
+        return self._loaded[key]
+
+
+class StoredFactorScorer:
+    """Cosines of queries' exact head gradients with stored samples' compressed ones, the mean over
+    the store's checkpoints: a forward pass per query batch, none per candidate."""
+
+    def __init__(self, heads: Sequence[HeadFactors], files: HeadFactorFiles, batch_size: int = 16) -> None:
+        self.heads, self.files, self.batch_size = heads, files, batch_size
+
+    def cosines(self, queries: Sequence[Encoded], sample_ids: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(queries), len(sample_ids)), dtype=np.float64)
+        for c, head in enumerate(self.heads):
+            shards = self.files.of(np.asarray(sample_ids, dtype=np.int64), c)
+            for start in range(0, len(queries), self.batch_size):
+                query = head.of(queries[start : start + self.batch_size])
+                norms = squared_norms(query).sqrt()[:, None]
+                for where, factors, basis, cand_norms in shards:
+                    cos = inner_products(query, factors, basis) / norms / cand_norms.clamp(min=1e-30).sqrt()[None, :]
+                    out[start : start + len(cos), where] += cos.double().numpy()
+        return out / len(self.heads)
