@@ -57,7 +57,7 @@ def write_shard_factors(path: Path, heads: Sequence[HeadFactors], samples: Seque
     """Write the compressed factors of ``samples`` (a shard's rows, in order) at every checkpoint's
     head; returns the file's size in bytes."""
     tensors: dict[str, np.ndarray] = {}
-    for c, head in enumerate(heads):
+    for c, head in enumerate(heads if samples else []):  # an empty shard's file holds its metadata only
         basis = _shard_basis(head, samples, rank, batch_size)
         per_row: list[tuple[Any, Any, Any]] = [None] * len(samples)  # type: ignore[list-item]
         norms = np.zeros(len(samples), dtype=np.float32)

@@ -55,3 +55,11 @@ def test_a_shard_file_keeps_each_rows_tokens_in_row_order(tiny_lm, tmp_path):
                 span = slice(int(offsets[row]), int(offsets[row + 1]))
                 torch.testing.assert_close(f.get_tensor(f"{c}.ids")[span].long(), alone.ids)
                 torch.testing.assert_close(f.get_tensor(f"{c}.coords")[span].float(), alone.coords, rtol=1e-3, atol=1e-3)
+
+
+def test_an_empty_shard_gets_a_file_with_its_metadata_only(tiny_lm, tmp_path):
+    model, tok = tiny_lm
+    path = tmp_path / "empty.head.safetensors"
+    write_shard_factors(path, [HeadFactors(model, tok.pad_token_id)], [], "fp", top_k=4, rank=8)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["fingerprint"] == "fp" and not list(f.keys())
