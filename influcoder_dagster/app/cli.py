@@ -48,7 +48,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = attributor.query(texts, args.k, args.rerank, prompts, _score(args))
     ms = (time.perf_counter() - started) * 1000 / len(texts)
-    _suggest_exact(args, attributor)
+    _suggest_head_scoring(args, attributor)
     if args.json:
         print(json.dumps(results if args.file else results[0], indent=2))
         return 0
@@ -79,7 +79,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     attributor = Attributor(cfg.home_path, cfg.model.max_length)
     hits = attributor.query([q["text"] for q in queries], args.k, args.rerank, [q["prompt"] for q in queries], _score(args))
-    _suggest_exact(args, attributor)
+    _suggest_head_scoring(args, attributor)
     recall = "the gradient sketch" if attributor.sketch is not None else "the encoder"
     method = (f"index top-{args.rerank} (recalled by {recall}) re-ranked by {SCORED_BY[_score(args)]}" if args.rerank
               else f"encoder {attributor.manifest['encoder_version']}")
@@ -147,7 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, cfg)
 
 
-def _suggest_exact(args: argparse.Namespace, attributor: Any) -> None:
+def _suggest_head_scoring(args: argparse.Namespace, attributor: Any) -> None:
     """On stderr: a sketch re-rank of a pretrained vocabulary's head is mostly projection noise."""
     if args.rerank and _score(args) == "sketch" and attributor.sketches_a_large_head():
         instead = ("add --factors to score them by the store's head factors (or --exact: the exact head gradient, "
