@@ -203,13 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--file", help="JSONL of queries, one {'text': ...} per line")
     a.add_argument("-k", type=_positive(int), default=10, help="samples to return per query")
     a.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N",
-                   help="recall N candidates from the index, return the top-k by exact gradient influence")
+                   help="recall N candidates from the index, return the top-k by the teacher's gradient score "
+                        "(the store's sketch; --exact or --factors: the output head's unsketched gradient)")
     _add_scoring(a)
     a.add_argument("--json", action="store_true")
     au = sub.add_parser("audit", help="attribute a set of bad outputs and rank the training samples behind many of them")
     au.add_argument("--file", required=True, help="JSONL of outputs: {'text': ..., optional 'prompt' and 'query_id'}")
     au.add_argument("-k", type=_positive(int), default=20, help="samples per output")
-    au.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N", help="re-rank the index's top-N by exact gradient influence")
+    au.add_argument("--rerank", type=_at_least_zero, default=0, metavar="N",
+                    help="re-rank the index's top-N by the teacher's gradient score (see --exact, --factors)")
     _add_scoring(au)
     au.add_argument("--out", help="folder for report.md, scores.png and audit.duckdb (default: <home>/audits/<time>)")
     s = sub.add_parser("sql", help="run SQL on the rankings database (a read-only snapshot; no other file is reachable)")
