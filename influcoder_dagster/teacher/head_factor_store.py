@@ -111,6 +111,7 @@ class HeadFactorFiles:
                 raise MissingUpstreamError(f"{self.paths[name]} is missing or was written for other tokens (projection.head_factors "
                                            "= 'on' writes it)", f"projected_gradients[{name}]")
         self.ids = {name: store.ids(name) for name in self.paths}
+        self._order = {name: np.argsort(ids, kind="stable") for name, ids in self.ids.items()}  # ids sorted, per shard
         self._loaded: dict[str, dict[str, Any]] = {}
 
     @staticmethod
@@ -125,15 +126,15 @@ class HeadFactorFiles:
 
         out = []
         for name, ids in self.ids.items():
-            order = np.argsort(ids, kind="stable")
+            order = self._order[name]
             pos = np.clip(np.searchsorted(ids[order], sample_ids), 0, max(len(ids) - 1, 0))
             where = np.flatnonzero(ids[order][pos] == sample_ids) if len(ids) else np.zeros(0, dtype=np.int64)
             if not len(where):
                 continue
             rows, t = order[pos[where]], self._tensors(name, checkpoint)
-            starts, ends = t["offsets"][rows], t["offsets"][rows + 1]
-            tokens = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
-            owner = np.repeat(np.arange(len(rows)), ends - starts)
+            starts, counts = t["offsets"][rows], t["offsets"][rows + 1] - t["offsets"][rows]
+            owner = np.repeat(np.arange(len(rows)), counts)
+            tokens = starts[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)  # each row's span
             factors = CompressedFactors(torch.from_numpy(t["ids"][tokens]).long(), torch.from_numpy(t["values"][tokens]).float(),
                                         torch.from_numpy(t["coords"][tokens]).float(), torch.from_numpy(owner), len(rows))
             out.append((where, factors, torch.from_numpy(t["basis"]), torch.from_numpy(t["norms"][rows])))
