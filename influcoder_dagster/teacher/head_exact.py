@@ -16,7 +16,8 @@ this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,10 @@ class TokenFactors:
 
 
 class HeadFactors:
-    """Token factors of one decoder's output head, batches of samples at a time (no backward pass)."""
+    """Token factors of one decoder's output head, batches of samples at a time (no backward pass).
+
+    :meth:`recording` keeps the head's input and output of a forward pass someone else runs (the
+    gradient extractor's), so a store's factors cost no pass of their own."""
 
     def __init__(self, model: Any, pad_token_id: int, row_scale: torch.Tensor | None = None) -> None:
         self.model, self.pad_token_id, self.row_scale = model.eval(), pad_token_id, row_scale
@@ -53,22 +57,37 @@ class HeadFactors:
         import torch
 
         ids, mask = pad_batch([s.input_ids for s in samples], self.pad_token_id)
-        starts = torch.tensor([max(s.loss_start, 1) for s in samples])[:, None]  # token t is predicted from t-1
-        loss_mask = (mask.bool() & (torch.arange(ids.shape[1])[None, :] >= starts))[:, 1:]
-        seen: list[torch.Tensor] = []
-        handle = self.head.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+        with self.recording() as seen, torch.no_grad():
+            self.model(input_ids=ids, attention_mask=mask)
+        return self.recorded(samples, seen)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Within it, each forward pass of the model appends the head's (input, output), detached."""
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handle = self.head.register_forward_hook(lambda module, args, output: seen.append((args[0].detach(), output.detach())))
         try:
-            with torch.no_grad():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            yield seen
         finally:
             handle.remove()
+
+    def recorded(self, samples: Sequence[Encoded], seen: list[tuple[torch.Tensor, torch.Tensor]]) -> TokenFactors:
+        """The factors of ``samples`` from the one forward pass of them that ``seen`` recorded."""
+        import torch
+
+        if len(seen) != 1:
+            raise RuntimeError(f"expected one recorded forward pass of the output head, got {len(seen)}")
+        (hidden, logits), = seen
+        ids, mask = pad_batch([s.input_ids for s in samples], self.pad_token_id)
+        starts = torch.tensor([max(s.loss_start, 1) for s in samples])[:, None]  # token t is predicted from t-1
+        loss_mask = (mask.bool() & (torch.arange(ids.shape[1])[None, :] >= starts))[:, 1:]
         where = loss_mask.nonzero(as_tuple=True)
-        deltas = logits[where].float().softmax(-1)
+        deltas = logits[:, :-1][where].float().softmax(-1)
         deltas[torch.arange(len(deltas)), ids[:, 1:][where]] -= 1
         deltas /= loss_mask.sum(1).clamp(min=1)[where[0], None]
         if self.row_scale is not None:
             deltas *= self.row_scale
-        return TokenFactors(deltas, seen[0][:, :-1][where].float(), where[0], len(samples))
+        return TokenFactors(deltas, hidden[:, :-1][where].float(), where[0], len(samples))
 
 
 def inner_products(a: TokenFactors, b: TokenFactors) -> torch.Tensor:

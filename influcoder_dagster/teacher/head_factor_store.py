@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from influcoder_dagster.core.atomic import atomic_path
 from influcoder_dagster.core.errors import MissingUpstreamError
 from influcoder_dagster.data.tokens import Encoded, length_sorted_batches
-from influcoder_dagster.teacher.head_exact import HeadFactors, squared_norms
+from influcoder_dagster.teacher.head_exact import HeadFactors, TokenFactors, squared_norms
 from influcoder_dagster.teacher.head_factors import CompressedFactors, compress, compressed_squared_norms, fit_basis, inner_products
 
 if TYPE_CHECKING:
@@ -52,29 +52,52 @@ def _current(store: Any, name: str) -> bool:
     return written is not None and written["fingerprint"] == store.manifest["shards"][name]["fingerprint"]
 
 
+class ShardFactorWriter:
+    """A shard's factor file, filled batch by batch: :meth:`add` takes a batch's full factors at one
+    checkpoint's head, from :meth:`HeadFactors.of` or from a pass the gradient extractor ran.
+
+    Each checkpoint's basis is fitted first, on up to :data:`BASIS_SAMPLES` evenly spaced rows (a
+    forward pass of each), since no row can be compressed before it exists."""
+
+    def __init__(self, heads: Sequence[HeadFactors], samples: Sequence[Encoded], top_k: int, rank: int, batch_size: int = 16) -> None:
+        self.heads, self.top_k, self.n = heads, top_k, len(samples)
+        self.bases = [_shard_basis(head, samples, rank, batch_size) for head in heads] if samples else []
+        self._rows: list[list[tuple[Any, Any, Any] | None]] = [[None] * self.n for _ in self.bases]  # none for an empty shard
+        self._norms = [np.zeros(self.n, dtype=np.float32) for _ in self.bases]
+
+    def add(self, checkpoint: int, rows: np.ndarray, full: TokenFactors) -> None:
+        """The compressed factors of ``rows`` (the shard's row numbers, in ``full``'s sample order)."""
+        factors = compress(full, self.bases[checkpoint], self.top_k)
+        self._norms[checkpoint][rows] = compressed_squared_norms(factors, full.deltas.shape[1]).numpy()
+        counts = np.bincount(factors.owner.numpy(), minlength=len(rows)).tolist()
+        for i, ids, values, coords in zip(rows, factors.ids.split(counts), factors.values.split(counts), factors.coords.split(counts),
+                                          strict=True):
+            self._rows[checkpoint][i] = (ids.int(), values.half(), coords.half())  # fp16 as stored; checked on save
+
+    def save(self, path: Path, fingerprint: str, rank: int) -> int:
+        """Write the file atomically (every row must have been added); returns its size in bytes."""
+        tensors: dict[str, np.ndarray] = {}
+        for c, per_row in enumerate(self._rows):
+            if any(r is None for r in per_row):
+                raise RuntimeError(f"{path.name}: {sum(r is None for r in per_row)} rows have no head factors yet")
+            tensors.update(_checkpoint_tensors(c, per_row, self.bases[c], self._norms[c], path))  # type: ignore[arg-type]
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "checkpoints": str(len(self.heads)),
+                                                   "top_k": str(self.top_k), "rank": str(rank)})
+        return path.stat().st_size
+
+
 def write_shard_factors(path: Path, heads: Sequence[HeadFactors], samples: Sequence[Encoded], fingerprint: str,
                         top_k: int, rank: int, batch_size: int = 16, progress: bool = False) -> int:
     """Write the compressed factors of ``samples`` (a shard's rows, in order) at every checkpoint's
-    head; returns the file's size in bytes."""
-    tensors: dict[str, np.ndarray] = {}
-    for c, head in enumerate(heads if samples else []):  # an empty shard's file holds its metadata only
-        basis = _shard_basis(head, samples, rank, batch_size)
-        per_row: list[tuple[Any, Any, Any]] = [None] * len(samples)  # type: ignore[list-item]
-        norms = np.zeros(len(samples), dtype=np.float32)
-        batches = list(length_sorted_batches([len(s.input_ids) for s in samples], batch_size))
-        for idx in tqdm(batches, desc=f"head factors {path.name.split('.')[0]}", disable=not progress):
-            full = head.of([samples[i] for i in idx])
-            factors = compress(full, basis, top_k)
-            norms[idx] = compressed_squared_norms(factors, full.deltas.shape[1]).numpy()
-            counts = np.bincount(factors.owner.numpy(), minlength=len(idx)).tolist()
-            for i, ids, values, coords in zip(idx, factors.ids.split(counts), factors.values.split(counts),
-                                              factors.coords.split(counts), strict=True):
-                per_row[i] = (ids, values, coords)
-        tensors.update(_checkpoint_tensors(c, per_row, basis, norms, path))
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "checkpoints": str(len(heads)),
-                                               "top_k": str(top_k), "rank": str(rank)})
-    return path.stat().st_size
+    head, a forward pass of their own; returns the file's size in bytes. (The gradients stage
+    captures them from its own pass instead when it extracts a shard from scratch.)"""
+    writer = ShardFactorWriter(heads, samples, top_k, rank, batch_size)
+    for idx in tqdm(list(length_sorted_batches([len(s.input_ids) for s in samples], batch_size)),
+                    desc=f"head factors {path.name.split('.')[0]}", disable=not progress):
+        for c, head in enumerate(heads):
+            writer.add(c, idx, head.of([samples[i] for i in idx]))
+    return writer.save(path, fingerprint, rank)
 
 
 def _shard_basis(head: HeadFactors, samples: Sequence[Encoded], rank: int, batch_size: int) -> torch.Tensor:

@@ -295,6 +295,7 @@ def test_a_factor_rerank_at_full_width_scores_the_exact_head_cosine(pipeline_hom
     import shutil
 
     from conftest import TINY_CONFIG
+    from safetensors import safe_open
 
     from influcoder_dagster.core.config import load_config
     from influcoder_dagster.core.errors import MissingUpstreamError
@@ -320,6 +321,17 @@ def test_a_factor_rerank_at_full_width_scores_the_exact_head_cosine(pipeline_hom
         assert run_shard_gradients(cfg, name, progress=False).metadata["head_factor_bytes"] > 0
     assert sorted(f.name.removesuffix(SUFFIX) for f in store.root.glob(f"*{SUFFIX}")) == store.shard_names
     assert {f.name: f.stat().st_mtime_ns for f in store.root.glob("*.f16")} == rows_before  # the rows were reused
+    first = store.shard_names[0]
+    with safe_open(str(store.root / f"{first}{SUFFIX}"), framework="numpy") as f:
+        computed = {k: f.get_tensor(k) for k in f.keys()}
+    for stale in (f"{first}.f16", f"{first}.json", f"{first}{SUFFIX}"):  # extracted again from scratch
+        (store.root / stale).unlink()
+    result = run_shard_gradients(cfg, first, progress=False).metadata
+    assert result["head_factors"] == "captured" and result["rows_computed"] == result["rows"]
+    with safe_open(str(store.root / f"{first}{SUFFIX}"), framework="numpy") as f:  # the extractor's passes, recorded
+        assert sorted(f.keys()) == sorted(computed)
+        for key in (k for k in computed if k.split(".")[1] in ("offsets", "basis", "norms")):
+            np.testing.assert_allclose(f.get_tensor(key), computed[key], rtol=1e-4, atol=1e-6)
     con = connect_readonly(home)
     users = con.execute("SELECT text, prompt FROM queries WHERE kind = 'user' ORDER BY query_id").fetchall()
     attributor = Attributor(home)

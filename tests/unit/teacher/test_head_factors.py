@@ -2,6 +2,7 @@
 read back from their shard file by sample id."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import head_gradient
 from safetensors import safe_open
@@ -55,6 +56,25 @@ def test_a_shard_file_keeps_each_rows_tokens_in_row_order(tiny_lm, tmp_path):
                 span = slice(int(offsets[row]), int(offsets[row + 1]))
                 torch.testing.assert_close(f.get_tensor(f"{c}.ids")[span].long(), alone.ids)
                 torch.testing.assert_close(f.get_tensor(f"{c}.coords")[span].float(), alone.coords, rtol=1e-3, atol=1e-3)
+
+
+def test_the_extractors_forward_pass_recorded_gives_the_heads_own_factors(tiny_lm):
+    """The gradients stage keeps a fresh shard's head factors from the extractor's passes: recording
+    them there must give what a pass of their own gives."""
+    from influcoder_dagster.teacher.gradients import GradientExtractor, projection_for
+
+    model, tok = tiny_lm
+    scale = torch.rand(len(tok)) + 0.5
+    head, samples = HeadFactors(model, tok.pad_token_id, scale), tokenize_for_loss(tok, TEXTS, 64)
+    extractor = GradientExtractor(model, projection_for(model, "countsketch", 256, 0, target="head"), tok.pad_token_id)
+    with head.recording() as seen:
+        rows = extractor.batch(samples)
+    recorded, own = head.recorded(samples, seen), head.of(samples)
+    assert rows.shape == (len(samples), 256)
+    for got, want in ((recorded.deltas, own.deltas), (recorded.hidden, own.hidden), (recorded.owner, own.owner)):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(RuntimeError, match="one recorded forward pass"):
+        head.recorded(samples, seen + seen)
 
 
 def test_an_empty_shard_gets_a_file_with_its_metadata_only(tiny_lm, tmp_path):
